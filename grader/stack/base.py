@@ -1,0 +1,205 @@
+"""The Stack: one running set of infrastructure servers for a lab, whatever runs them.
+
+A runtime (native, docker, external) supplies one `Server` per kind; the Stack starts them
+in parallel, hands out connection URLs, and carves per-run `Namespace`s so that many runs can
+share one stack without seeing each other's topics, tables, keys or queues.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+# The kinds of server a lab can ask for, and the env variable of the service contract
+# that carries each one's URL (see DESIGN.md, "The service contract").
+ENV_VARS = {
+    "kafka": "KAFKA_BOOTSTRAP_SERVERS",
+    "postgres": "DATABASE_URL",
+    "redis": "REDIS_URL",
+    "rabbitmq": "AMQP_URL",
+}
+KINDS = tuple(ENV_VARS)
+
+
+class StackError(RuntimeError):
+    """A server could not be started, reached or stopped; the message says which and why."""
+
+
+class MissingDependency(StackError):
+    """Something a runtime needs is not installed; `install` says how to get it."""
+
+    def __init__(self, what: str, install: str):
+        super().__init__(f"{what} not found: {install}")
+        self.what = what
+        self.install = install
+
+
+class Server(ABC):
+    """One infrastructure server. Subclasses are small: how to start, probe and stop it."""
+
+    kind: ClassVar[str]
+
+    started_in: float | None = None  # seconds the last start took, for reports
+
+    @abstractmethod
+    def start(self, timeout: float) -> None:
+        """Start and block until the server answers a real request (or raise StackError)."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop and release everything (processes, containers, temp dirs). Idempotent."""
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """Connection URL in the form the service contract uses for this kind."""
+
+    def pids(self) -> list[int]:
+        """Host PIDs of this server's processes (empty where the runtime has none)."""
+        return []
+
+    # Faults. Runtimes that cannot inject one say so instead of pretending.
+    def kill(self) -> None:
+        raise StackError(f"{type(self).__name__} cannot be killed by the grader")
+
+    def restart(self, timeout: float = 60) -> None:
+        self.kill()
+        self.start(timeout)
+
+
+_NAME_OK = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+
+
+@dataclass
+class Namespace:
+    """One run's private corner of a shared stack.
+
+    Kafka topics, consumer groups and queues are prefixed with `name.`, Redis keys with
+    `name:`, and PostgreSQL gets a database of its own, so dropping a run is cheap and total.
+    """
+
+    name: str
+    stack: "Stack"
+
+    def topic(self, base: str) -> str:
+        return f"{self.name}.{base}"
+
+    queue = topic
+    group = topic
+
+    def key(self, base: str) -> str:
+        return f"{self.name}:{base}"
+
+    @property
+    def database_url(self) -> str:
+        return with_database(self.stack.url("postgres"), self.name)
+
+    def env(self) -> dict[str, str]:
+        """The service-contract variables for a process that belongs to this run."""
+        env = self.stack.env()
+        if "postgres" in self.stack.servers:
+            env["DATABASE_URL"] = self.database_url
+        env["LAB_NAMESPACE"] = self.name
+        return env
+
+    def provision(self) -> "Namespace":
+        if "postgres" in self.stack.servers:
+            import psycopg
+
+            with psycopg.connect(self.stack.url("postgres"), autocommit=True) as conn:
+                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.name,)).fetchone()
+                if not exists:
+                    conn.execute(f'CREATE DATABASE "{self.name}"')
+        return self
+
+    def drop(self) -> None:
+        """Remove what this run created: its database (and replication slots in it)."""
+        if "postgres" in self.stack.servers:
+            import psycopg
+
+            with psycopg.connect(self.stack.url("postgres"), autocommit=True) as conn:
+                for (slot,) in conn.execute(
+                    "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (self.name,)
+                ).fetchall():
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def with_database(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+def new_namespace_name(prefix: str = "run") -> str:
+    name = f"{re.sub(r'[^a-z0-9]', '', prefix.lower()) or 'run'}_{secrets.token_hex(3)}"
+    return name
+
+
+Progress = Callable[[str, str, float | None], None]  # (server kind, "starting"|"ready"|"failed", seconds)
+
+
+@dataclass
+class Stack:
+    """Servers of one runtime, started together. Use as a context manager."""
+
+    runtime: str
+    servers: dict[str, Server]
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    started_in: float | None = None
+
+    def start(self, timeout: float = 120, progress: Progress | None = None) -> "Stack":
+        progress = progress or (lambda *a: None)
+        t0 = time.monotonic()
+
+        def start_one(server: Server) -> None:
+            progress(server.kind, "starting", None)
+            s0 = time.monotonic()
+            try:
+                server.start(timeout)
+            except BaseException:
+                progress(server.kind, "failed", time.monotonic() - s0)
+                raise
+            server.started_in = time.monotonic() - s0
+            progress(server.kind, "ready", server.started_in)
+
+        with ThreadPoolExecutor(max_workers=max(1, len(self.servers))) as pool:
+            futures = [pool.submit(start_one, s) for s in self.servers.values()]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            self.stop()
+            if len(errors) == 1:
+                raise errors[0]
+            raise StackError("; ".join(str(e) for e in errors))
+        self.started_in = time.monotonic() - t0
+        return self
+
+    def stop(self) -> None:
+        with ThreadPoolExecutor(max_workers=max(1, len(self.servers))) as pool:
+            list(pool.map(lambda s: s.stop(), self.servers.values()))
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def url(self, kind: str) -> str:
+        try:
+            return self.servers[kind].url
+        except KeyError:
+            raise StackError(f"this stack has no {kind} (it has: {', '.join(self.servers) or 'nothing'})") from None
+
+    def env(self) -> dict[str, str]:
+        return {ENV_VARS[kind]: server.url for kind, server in self.servers.items()}
+
+    def namespace(self, name: str | None = None, prefix: str = "run") -> Namespace:
+        name = name or new_namespace_name(prefix)
+        if not _NAME_OK.match(name):
+            raise ValueError(f"namespace {name!r}: use lowercase letters, digits and _ (start with a letter)")
+        return Namespace(name, self).provision()

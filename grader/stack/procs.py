@@ -1,0 +1,179 @@
+"""Server processes on this host: spawn, watch, stop - always by the PID we started."""
+from __future__ import annotations
+
+import atexit
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from .base import StackError
+
+
+class Guardian:
+    """Client side of grader/stack/guardian.py: one guardian process per Python process."""
+
+    _instance: "Guardian | None" = None
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "grader.stack.guardian"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # survives a Ctrl-C or killpg aimed at us
+            text=True,
+            env={**os.environ, "PYTHONPATH": _package_root()},
+        )
+        atexit.register(self.close)
+
+    @classmethod
+    def get(cls) -> "Guardian":
+        with cls._lock:
+            if cls._instance is None or cls._instance._proc.poll() is not None:
+                cls._instance = Guardian()
+            return cls._instance
+
+    def _say(self, line: str) -> None:
+        with self._lock:
+            if self._proc.stdin and not self._proc.stdin.closed:
+                self._proc.stdin.write(line + "\n")
+                self._proc.stdin.flush()
+
+    def watch_pid(self, pid: int) -> None:
+        self._say(f"+pid {pid}")
+
+    def forget_pid(self, pid: int) -> None:
+        self._say(f"-pid {pid}")
+
+    def watch_dir(self, path: str | Path) -> None:
+        self._say(f"+dir {path}")
+
+    def forget_dir(self, path: str | Path) -> None:
+        self._say(f"-dir {path}")
+
+    def close(self) -> None:
+        """Normal exit: whatever is still registered gets cleaned up by the guardian."""
+        with self._lock:
+            if self._proc.stdin and not self._proc.stdin.closed:
+                self._proc.stdin.close()
+        self._proc.wait(timeout=30)
+
+
+def _package_root() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def unprivileged_user() -> str | None:
+    """Who servers that refuse root (PostgreSQL) run as when we are root; None if not root."""
+    if os.geteuid() != 0:
+        return None
+    name = os.environ.get("LABKIT_UNPRIVILEGED_USER", "nobody")
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise StackError(f"running as root needs an unprivileged user for PostgreSQL; user {name!r} does not exist "
+                         f"(set LABKIT_UNPRIVILEGED_USER or: useradd --system {name})") from None
+    return name
+
+
+class WorkDir:
+    """A temp dir for one server's data and logs; removed on close, or by the guardian if we die."""
+
+    def __init__(self, label: str, owner: str | None = None) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix=f"labkit-{label}-"))
+        Guardian.get().watch_dir(self.path)
+        if owner:
+            pw = pwd.getpwnam(owner)
+            os.chown(self.path, pw.pw_uid, pw.pw_gid)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        Guardian.get().forget_dir(self.path)
+
+
+class ServerProcess:
+    """One long-running process in its own process group, output in a log file."""
+
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None, user: str | None = None) -> None:
+        self.argv = argv
+        self.log = log
+        self._log_file = open(log, "ab")
+        try:
+            self.popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
+                env=env if env is not None else _clean_env(), cwd=cwd, user=user,
+                start_new_session=True,
+            )
+        except FileNotFoundError as e:
+            self._log_file.close()
+            raise StackError(f"cannot run {argv[0]}: {e}") from e
+        Guardian.get().watch_pid(self.popen.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def check_alive(self, what: str) -> None:
+        """Raise with the log's tail if the process already exited (fail fast, not at timeout)."""
+        if not self.alive():
+            raise StackError(f"{what} exited with code {self.popen.returncode} during start:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        """Ask politely with `sig`, then SIGKILL the whole group after `timeout`."""
+        if self.alive():
+            self._signal_group(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        self._signal_group(signal.SIGKILL)  # also reaches children left in the group
+        self.popen.wait()
+        self._log_file.close()
+        Guardian.get().forget_pid(self.pid)
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _clean_env() -> dict[str, str]:
+    """Servers get a minimal env: variables meant for services (e.g. OTEL_*) must not leak in."""
+    keep = ("PATH", "LANG", "LC_ALL", "TZ")
+    return {k: v for k, v in os.environ.items() if k in keep}
