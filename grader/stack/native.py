@@ -155,10 +155,12 @@ class NativePostgres(NativeServer):
             if init.popen.wait(120) != 0:
                 raise StackError(f"initdb failed:\n{init.log_tail()}")
             init.kill()
+        # fsync off for speed, but synchronous_commit stays on: SQL logical decoding
+        # (pg_logical_slot_peek_changes) only sees WAL that has been flushed.
         self.procs = [ServerProcess(
             [str(bins["postgres"]), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
              "-k", str(workdir), "-c", "wal_level=logical", "-c", "max_replication_slots=20",
-             "-c", "max_wal_senders=20", "-c", "fsync=off", "-c", "synchronous_commit=off",
+             "-c", "max_wal_senders=20", "-c", "fsync=off",
              "-c", "full_page_writes=off", "-c", "max_connections=200"],
             workdir / "postgres.log", cwd=workdir, user=self.owner())]
 

@@ -1,0 +1,146 @@
+"""The `labkit` command: what the Makefile targets call."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Optional
+
+import psutil
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .lab import REPO_ROOT, LabError, all_labs, find_lab
+from .stack import RUNTIMES, StackError, make_stack, resolve_runtime
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Hands-on distributed-systems labs with real infrastructure, and their grader.")
+console = Console()
+STATE_FILE = REPO_ROOT / ".labkit" / "up.json"
+
+RuntimeOpt = typer.Option("auto", "--runtime", "-r", help=f"one of {', '.join(RUNTIMES)}; auto = docker if a daemon answers, else native")
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _lab(name: str):
+    try:
+        return find_lab(name)
+    except LabError as e:
+        fail(str(e))
+
+
+@app.command()
+def doctor() -> None:
+    """Report which runtimes can work here and what is missing."""
+    from .doctor import diagnose, runtimes
+
+    findings = diagnose()
+    table = Table("check", "", "detail", "how to fix", show_lines=False)
+    for f in findings:
+        table.add_row(f.area, "[green]ok[/]" if f.ok else "[red]missing[/]", f.detail, f.fix)
+    console.print(table)
+    usable = [name for name, ok in runtimes(findings).items() if ok]
+    console.print(f"usable runtimes: [bold]{', '.join(usable)}[/]")
+    if "native" not in usable and "docker" not in usable:
+        raise typer.Exit(1)
+
+
+@app.command("labs")
+def list_labs() -> None:
+    """List the labs."""
+    for lab in all_labs():
+        console.print(f"[bold]{lab.id}[/]  {lab.title}  [dim]({', '.join(lab.infra)})[/]")
+
+
+def _start_stack(lab, runtime: str):
+    """Start a lab's stack with a progress line per server; exits with a clear message on failure."""
+    try:
+        runtime = resolve_runtime(runtime)
+        stack = make_stack(lab.infra, runtime)
+    except StackError as e:
+        fail(str(e))
+    console.print(f"starting {', '.join(lab.infra)} on the [bold]{runtime}[/] runtime ...")
+
+    def progress(kind: str, state: str, seconds: float | None) -> None:
+        if state == "ready":
+            console.print(f"  [green]✓[/] {kind} ready in {seconds:.1f}s  [dim]{stack.url(kind)}[/]")
+        elif state == "failed":
+            console.print(f"  [red]✗[/] {kind} failed after {seconds:.1f}s")
+
+    with console.status("waiting for servers ..."):
+        try:
+            stack.start(progress=progress)
+        except StackError as e:
+            fail(str(e))
+    console.print(f"stack ready in {stack.started_in:.1f}s")
+    return stack
+
+
+@app.command()
+def up(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), runtime: str = RuntimeOpt) -> None:
+    """Start the infrastructure a lab needs and keep it running until Ctrl-C (or `labkit down`)."""
+    from .kafka import ensure_topics
+
+    spec = _lab(lab)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = _start_stack(spec, runtime)
+    try:
+        ns = stack.namespace(prefix=spec.id.replace("-", ""))
+        if "kafka" in stack.servers and spec.topics:
+            ensure_topics(stack.url("kafka"), {ns.topic(t.name): t.partitions for t in spec.topics})
+        env = ns.env()
+        STATE_FILE.parent.mkdir(exist_ok=True)
+        STATE_FILE.write_text(json.dumps({"pid": os.getpid(), "lab": spec.id, "env": env}))
+        console.print("\nexport these to run your services against it (or: eval $(labkit env)):")
+        for key, value in env.items():
+            console.print(f"  export {key}='{value}'", highlight=False, soft_wrap=True)
+        console.print("\n[bold]running[/] - Ctrl-C or `labkit down` stops everything")
+        stop.wait()
+    finally:
+        console.print("stopping ...")
+        stack.stop()
+        STATE_FILE.unlink(missing_ok=True)
+        console.print("stopped; nothing left behind")
+
+
+@app.command()
+def down(timeout: float = 60) -> None:
+    """Stop the stack that `labkit up` is running."""
+    from .wait import WaitTimeout, wait_until
+
+    if not STATE_FILE.exists():
+        console.print("nothing is running (no labkit up state)")
+        return
+    pid = json.loads(STATE_FILE.read_text())["pid"]
+    if not psutil.pid_exists(pid):
+        STATE_FILE.unlink(missing_ok=True)
+        console.print(f"labkit up (pid {pid}) is gone already; cleared its state")
+        return
+    os.kill(pid, signal.SIGTERM)
+    try:
+        wait_until(lambda: not psutil.pid_exists(pid), timeout, f"labkit up (pid {pid}) to stop")
+    except WaitTimeout as e:
+        fail(str(e))
+    console.print(f"stopped labkit up (pid {pid})")
+
+
+@app.command("env")
+def env_cmd() -> None:
+    """Print `export` lines for the stack `labkit up` is running."""
+    if not STATE_FILE.exists():
+        fail("nothing is running: start it with `labkit up LAB`")
+    for key, value in json.loads(STATE_FILE.read_text())["env"].items():
+        typer.echo(f"export {key}='{value}'")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
