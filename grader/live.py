@@ -1,0 +1,65 @@
+"""`make lab-N`: the stack, the learner's services, steady traffic and a live terminal view."""
+from __future__ import annotations
+
+import importlib
+import random
+import signal
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .lab import Lab
+from .launch import ServiceFailed
+from .runner import Run, prepare
+
+
+def view(run: Run, shown: dict[str, str], started: float) -> Group:
+    services = Table("service", "state", "restarts", "last log line", title=f"{run.lab.id}: {run.lab.title}",
+                     expand=True)
+    for name, service in run.services.items():
+        state = "[green]running[/]" if service.alive() else f"[red]exited ({service.exit_code()})[/]"
+        last = (service.log_tail(1) or "").strip()[-100:]
+        services.add_row(name, state, str(service.restarts), Text(last, style="dim"))
+    numbers = Table("metric", "value", expand=True)
+    for key, value in shown.items():
+        numbers.add_row(key, value)
+    footer = Text(f"up {time.monotonic() - started:.0f}s  ·  namespace {run.ns.name}  ·  logs in "
+                  f"{run.out_dir / 'logs'}  ·  Ctrl-C stops everything", style="dim")
+    return Group(services, numbers, footer)
+
+
+def run_live(lab: Lab, submission: Path, runtime: str, console: Console, rate: float = 10.0,
+             out_dir: Path | None = None) -> None:
+    scenario = importlib.import_module(lab.scenario)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with ExitStack() as resources:
+        run = prepare(lab, submission, runtime, random.SystemRandom().randrange(1, 10**6),
+                      out_dir or Path("results") / lab.id / "live", resources,
+                      say=lambda m: console.print(f"[dim]· {m}[/]"))
+        console.print(f"stack ready ({run.stack.runtime}); starting {', '.join(run.services)} from {submission}")
+        for service in run.services.values():
+            service.start()
+        try:
+            for service in run.services.values():
+                service.wait_healthy()
+        except ServiceFailed as e:
+            console.print(f"[bold red]a service failed to start:[/] {e}")
+            return
+        stats = scenario.TrafficStats()
+        sender = threading.Thread(target=scenario.traffic, args=(run, stop, stats, rate), daemon=True)
+        sender.start()
+        started = time.monotonic()
+        with Live(view(run, {}, started), console=console, refresh_per_second=2) as live:
+            while not stop.wait(1.0):
+                live.update(view(run, scenario.metrics(run, stats), started))
+        console.print("stopping services and the stack ...")
+        sender.join(30)
+    console.print("stopped; nothing left behind")
