@@ -182,3 +182,7 @@ def check(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission:
     write_junit(report, out / "junit.xml")
     console.print(f"[dim]reports: {out / 'report.json'}, {out / 'junit.xml'}; history: {out / 'history.jsonl'}[/]")
     raise typer.Exit(0 if report.passed else 1)
+
+
+if __name__ == "__main__":
+    app()
