@@ -1,7 +1,9 @@
 """Small Kafka helpers the grader needs around a run: topics and consumer-group lag."""
 from __future__ import annotations
 
-from confluent_kafka import Consumer, TopicPartition
+import uuid
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .wait import wait_until
@@ -22,19 +24,40 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30) -
                f"topics {sorted(topics)} in metadata")
 
 
+def end_offsets(bootstrap: str, topic: str, timeout: float = 10) -> dict[int, int]:
+    """partition -> offset after its last record.
+
+    Not `get_watermark_offsets`: Tansu answers ListOffsets(latest) with the last *batch's* base
+    offset + 1. Fetch reports the true end, so read each partition's last batch until EOF.
+    """
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"labkit-end-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "enable.partition.eof": True, **CLIENT_DEFAULTS})
+    try:
+        partitions = consumer.list_topics(topic, timeout=timeout).topics[topic].partitions
+        starts = {p: max(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] - 1, 0)
+                  for p in partitions}
+        consumer.assign([TopicPartition(topic, p, o) for p, o in starts.items()])
+        ends: dict[int, int] = {}
+
+        def all_at_eof() -> bool:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is not None and msg.error().code() == KafkaError._PARTITION_EOF:
+                ends[msg.partition()] = msg.offset()
+            return len(ends) == len(partitions)
+
+        wait_until(all_at_eof, timeout, f"the end of {topic}", interval=0)
+        return ends
+    finally:
+        consumer.close()
+
+
 def group_lag(bootstrap: str, group: str, topic: str, timeout: float = 10) -> int:
-    """Messages in `topic` not yet committed by `group` (uncommitted partitions count from 0)."""
+    """Records in `topic` not yet committed by `group` (a partition it never committed counts whole)."""
+    ends = end_offsets(bootstrap, topic, timeout)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
                          **CLIENT_DEFAULTS})
     try:
-        meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
-        parts = [TopicPartition(topic, p) for p in meta.partitions]
-        committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=timeout)}
-        lag = 0
-        for tp in parts:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-            done = committed.get(tp.partition, -1)
-            lag += high - (done if done >= 0 else low)
-        return lag
+        committed = consumer.committed([TopicPartition(topic, p) for p in ends], timeout=timeout)
+        return sum(end - max(tp.offset, 0) for tp, end in zip(committed, ends.values()))
     finally:
         consumer.close()
