@@ -118,4 +118,6 @@ def launch_services(specs: dict[str, ServiceSpec], submission: Path, env: dict[s
     if not submission.is_dir():
         raise ServiceFailed(f"submission folder {submission} does not exist")
     log_dir.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        (log_dir / f"{spec}.log").unlink(missing_ok=True)  # a reused output folder starts clean
     return {name: Service(spec, submission.resolve(), env, log_dir) for name, spec in specs.items()}

@@ -31,7 +31,9 @@ from ..runner import Run
 from ..wait import WaitTimeout, wait_until
 from ..workload import HttpWorkload, Reply
 
-ORDERS = 120
+ORDERS = 120  # at least this many; more while planned crashes are still pending
+LOAD_RATE = 40  # orders per second: a rejoin after a SIGKILL takes ~10 s on Tansu
+LOAD_MAX_SECONDS = 90
 CONCURRENCY = 6
 CUSTOMERS = 8
 RETRY_RATE = 0.15
@@ -144,7 +146,8 @@ class ReadModelNemesis:
         self.plan = [("before", run.rng.randrange(8, 30)), ("after", run.rng.randrange(8, 30))]
         self.life = 0
         self.own_deaths = 0
-        self.random_kill_at = None
+        self.random_kill_pending = True  # one plain SIGKILL after the crash points
+        self.random_kill_at: int | None = None
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="read-model-nemesis", daemon=True)
         self.error: BaseException | None = None
@@ -160,8 +163,10 @@ class ReadModelNemesis:
             self.run.note(f"read_model life {self.life}: armed to SIGKILL itself {when} offset commit #{nth}")
             self.service.restart(env) if self.service.proc else self.service.start(env)
         else:
-            with self.ledger.lock:
-                self.random_kill_at = len(self.ledger.acked) + self.run.rng.randrange(10, 30)
+            if self.random_kill_pending:
+                self.random_kill_pending = False
+                with self.ledger.lock:
+                    self.random_kill_at = len(self.ledger.acked) + self.run.rng.randrange(10, 30)
             self.service.restart() if self.service.proc else self.service.start()
 
     def _watch(self) -> None:
@@ -200,6 +205,10 @@ class ReadModelNemesis:
         self.thread.start()
         return self
 
+    def done(self) -> bool:
+        """True once every planned crash and the random kill have happened (or it gave up)."""
+        return self.stop_event.is_set() or not (self.plan or self.random_kill_pending or self.random_kill_at)
+
     def finish(self) -> None:
         """Stop injecting; leave the read model running unarmed for the phases that follow."""
         self.stop_event.set()
@@ -213,9 +222,11 @@ class ReadModelNemesis:
             self.service.restart()
 
 
-def load(run: Run, client: HttpWorkload, ledger: Ledger) -> None:
-    plans = [(new_key(run), order_body(run), run.rng.random() < RETRY_RATE, run.rng.random() < CANCEL_RATE,
-              new_key(run)) for _ in range(ORDERS)]
+def load(run: Run, client: HttpWorkload, ledger: Ledger, nemesis: ReadModelNemesis) -> None:
+    """Orders in waves until ORDERS were sent and the nemesis is through (MAX_ORDERS at most)."""
+    def plan():
+        return (new_key(run), order_body(run), run.rng.random() < RETRY_RATE, run.rng.random() < CANCEL_RATE,
+                new_key(run))
 
     def one(plan) -> None:
         key, body, retry, cancel, cancel_key = plan
@@ -227,8 +238,13 @@ def load(run: Run, client: HttpWorkload, ledger: Ledger) -> None:
         if cancel and order_id:
             ledger.cancel(order_id, client.send("cancel", "POST", f"/orders/{order_id}/cancel", key=cancel_key, body={}))
 
+    sent, started, pace = 0, time.monotonic(), threading.Event()
     with ThreadPoolExecutor(CONCURRENCY) as pool:
-        list(pool.map(one, plans))
+        while sent < ORDERS or (not nemesis.done() and time.monotonic() - started < LOAD_MAX_SECONDS):
+            wave = [plan() for _ in range(CONCURRENCY * 2)]
+            list(pool.map(one, wave))
+            sent += len(wave)
+            pace.wait(max(0.0, started + sent / LOAD_RATE - time.monotonic()))  # hold the rate, not a fixed sleep
     run.note(f"load: {len(ledger.acked)} orders acknowledged, {len(ledger.cancels_acked)} cancels acknowledged")
 
 
@@ -398,18 +414,19 @@ def dlq_records(run: Run, topic: str, want: int, timeout: float = 20) -> list[tu
 
 def run(run: Run) -> list[CheckResult]:
     api, read_model = run.services["order_api"], run.services["read_model"]
-    run.say("starting order_api")
-    api.start()
-    api.wait_healthy()
-    client = HttpWorkload(api.base_url, run.history)
+    run.say("starting order_api and read_model")
     ledger = Ledger()
+    nemesis = ReadModelNemesis(run, read_model, ledger).begin()  # joins its group while we probe the API
+    client = HttpWorkload(f"http://127.0.0.1:{api.port or 0}", run.history)
     try:
-        run.say("probing the API contract")
-        results = [probe_contract(run, client, ledger)]
-        run.say("load with crash points and kills")
-        nemesis = ReadModelNemesis(run, read_model, ledger).begin()
         try:
-            load(run, client, ledger)
+            api.start()
+            api.wait_healthy()
+            client = HttpWorkload(api.base_url, run.history)
+            run.say("probing the API contract")
+            results = [probe_contract(run, client, ledger)]
+            run.say("load with crash points and kills")
+            load(run, client, ledger, nemesis)
         finally:
             nemesis.finish()
         run.say("broker cut")

@@ -1,0 +1,67 @@
+"""Publish one event and wait for the broker's acknowledgement (or give up in bounded time)."""
+from __future__ import annotations
+
+import threading
+
+from confluent_kafka import KafkaException
+
+from services.common import kafka
+from services.common.config import env_int
+from services.common.log import get_logger
+
+from .events import encode
+
+log = get_logger()
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+class Publisher:
+    """An idempotent producer (acks=all) shared by request threads, polled by its own thread."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.timeout_ms = env_int("ORDER_API_PUBLISH_TIMEOUT_MS", 5000)
+        self._producer = self._new_producer()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._poll, name="producer-poll", daemon=True).start()
+
+    def _new_producer(self):
+        # message.timeout.ms: librdkafka itself gives up when we do, so a 503 really means "not sent".
+        return kafka.producer(**{"message.timeout.ms": self.timeout_ms, "linger.ms": 1})
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    def publish(self, event: dict) -> None:
+        """Return once the broker acknowledged `event`; raise PublishError otherwise."""
+        done = threading.Event()
+        outcome: list = []
+
+        def delivered(err, msg) -> None:
+            outcome.append(err)
+            done.set()
+
+        key, value, headers = encode(event)
+        try:
+            with self._lock:
+                self._producer.produce(self.topic, key=key, value=value, headers=headers, on_delivery=delivered)
+        except (KafkaException, BufferError) as e:
+            raise PublishError(str(e)) from e
+        if not done.wait(self.timeout_ms / 1000 + 2):
+            raise PublishError("no delivery report in time")
+        err = outcome[0]
+        if err is not None:
+            if err.fatal():  # an idempotent producer's fatal error: only a new producer recovers
+                log.warning("producer fatal error %s; recreating the producer", err)
+                with self._lock:
+                    self._producer = self._new_producer()
+            raise PublishError(str(err))
+
+    def close(self) -> None:
+        self._producer.flush(5)
+        self._stop.set()
