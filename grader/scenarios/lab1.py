@@ -137,13 +137,15 @@ class ReadModelNemesis:
     """Kills the read model at crash points and at random, restarting it each time.
 
     Lives: (1) SIGKILL just before its Nth offset commit - the DB transaction is done, the offset
-    is not, so events come again; (2) SIGKILL just after an offset commit - anything committed
-    before it was applied is lost; (3) a plain SIGKILL once more orders were acknowledged.
+    is not, so events come again; (2, 3) SIGKILL just after an offset commit - anything committed
+    before it was applied is lost; (4) a plain SIGKILL once more orders were acknowledged.
     """
 
     def __init__(self, run: Run, service: Service, ledger: Ledger) -> None:
         self.run, self.service, self.ledger = run, service, ledger
-        self.plan = [("before", run.rng.randrange(8, 30)), ("after", run.rng.randrange(8, 30))]
+        # Two "after" points: the record lost by a commit-first consumer may be a cancel, not an order.
+        self.plan = [("before", run.rng.randrange(8, 30)), ("after", run.rng.randrange(8, 30)),
+                     ("after", run.rng.randrange(8, 30))]
         self.life = 0
         self.own_deaths = 0
         self.random_kill_pending = True  # one plain SIGKILL after the crash points

@@ -1,44 +1,27 @@
-"""Order API (reference): POST /orders and POST /orders/{id}/cancel, idempotent by key,
-answering only after the broker acknowledged the event."""
+"""Order API (reference): idempotent by key, answering only after the broker acknowledged."""
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from typing import Any, Callable
 
-from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from psycopg_pool import ConnectionPool
 
-from services.common import db
-from services.common.config import namespaced
-from services.common.http import ApiError, json_app, parse_body, serve
-from services.common.log import get_logger
-from services.common.telemetry import setup as setup_telemetry
-from services.orders.api import CancelIn, OrderIn, OrderRegistry
-from services.orders.events import make_event
-from services.orders.publisher import PublishError, Publisher
+from services.common.http import ApiError, parse_body
+from services.orders.api import CancelIn, OrderApiBase, OrderIn, serve_api
 
-from .idempotency import Claim, IdempotencyStore, Replay, fingerprint
-
-log = get_logger("order_api")
+from .idempotency import SCHEMA, Claim, IdempotencyStore, Replay, fingerprint
 
 
-class OrderApi:
-    """The request logic. Each step is a method so a variant can change exactly one."""
+class OrderApi(OrderApiBase):
+    schema = SCHEMA
+    store = IdempotencyStore()
 
-    def __init__(self, pool: ConnectionPool, publisher: Publisher, store: IdempotencyStore | None = None,
-                 registry: OrderRegistry | None = None) -> None:
-        self.pool, self.publisher = pool, publisher
-        self.store = store or IdempotencyStore()
-        self.registry = registry or OrderRegistry()
-        with self.pool.connection() as conn:
-            self.store.create_schema(conn)
-            self.registry.create_schema(conn)
-
-    def idempotent(self, key: str | None, fp: str, work: Callable[[Claim], tuple[int, Any]]) -> JSONResponse:
+    def require_key(self, key: str | None) -> str:
         if not key:
             raise ApiError(400, "idempotency_key_missing", "send an Idempotency-Key header with every POST")
+        return key
+
+    def idempotent(self, key: str, fp: str, work: Callable[[Claim], tuple[int, Any]]) -> JSONResponse:
+        """Claim the key, do the work once, store its response; replay it for retries."""
         with self.pool.connection() as conn:
             outcome = self.store.begin(conn, key, fp)
         if isinstance(outcome, Replay):
@@ -53,20 +36,12 @@ class OrderApi:
             self.store.finish(conn, key, status, body)
         return JSONResponse(body, status)
 
-    def publish(self, event: dict) -> None:
-        try:
-            self.publisher.publish(event)
-        except PublishError as e:
-            log.warning("publish of %s %s failed: %s", event["type"], event["order_id"], e)
-            raise ApiError(503, "broker_unavailable", "the event was not acknowledged; retry with the same key") from None
-
     def place(self, key: str | None, raw: bytes) -> JSONResponse:
-        if not key:
-            raise ApiError(400, "idempotency_key_missing", "send an Idempotency-Key header with every POST")
-        data, order = parse_body(raw, OrderIn)
+        key = self.require_key(key)
+        data, order = parse_body(raw, OrderIn)  # invalid input is rejected before the key is claimed
 
         def work(claim: Claim) -> tuple[int, Any]:
-            self.publish(make_event("OrderPlaced", claim.resource_id, order.customer_id, order.amount_cents,
+            self.publish(self.event("OrderPlaced", claim.resource_id, order.customer_id, order.amount_cents,
                                     event_id=claim.event_id))
             with self.pool.connection() as conn:
                 self.registry.add(conn, claim.resource_id, order.customer_id, order.amount_cents)
@@ -76,8 +51,7 @@ class OrderApi:
         return self.idempotent(key, fingerprint("POST", "/orders", data), work)
 
     def cancel(self, order_id: str, key: str | None, raw: bytes) -> JSONResponse:
-        if not key:
-            raise ApiError(400, "idempotency_key_missing", "send an Idempotency-Key header with every POST")
+        key = self.require_key(key)
         data, _ = parse_body(raw, CancelIn, allow_empty=True)
 
         def work(claim: Claim) -> tuple[int, Any]:
@@ -87,7 +61,7 @@ class OrderApi:
                 return 404, {"error": "order_not_found", "detail": f"no order {order_id}"}
             customer_id, amount, status = known
             if status != "cancelled":
-                self.publish(make_event("OrderCancelled", order_id, customer_id, amount, event_id=claim.event_id))
+                self.publish(self.event("OrderCancelled", order_id, customer_id, amount, event_id=claim.event_id))
                 with self.pool.connection() as conn:
                     self.registry.mark_cancelled(conn, order_id)
             return 200, {"order_id": order_id, "status": "cancelled"}
@@ -95,34 +69,5 @@ class OrderApi:
         return self.idempotent(key, fingerprint("POST", f"/orders/{order_id}/cancel", data), work)
 
 
-def create_app(api_class: type[OrderApi] = OrderApi) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        setup_telemetry("order_api")
-        pool = db.pool()
-        publisher = Publisher(namespaced("orders"))
-        app.state.api = api_class(pool, publisher)
-        log.info("ready: publishing to %s", publisher.topic)
-        yield
-        publisher.close()
-        pool.close()
-
-    app = json_app("order-api")
-    app.router.lifespan_context = lifespan
-
-    @app.post("/orders")
-    async def place(request: Request) -> JSONResponse:
-        body = await request.body()
-        return await run_in_threadpool(request.app.state.api.place, request.headers.get("idempotency-key"), body)
-
-    @app.post("/orders/{order_id}/cancel")
-    async def cancel(order_id: str, request: Request) -> JSONResponse:
-        body = await request.body()
-        return await run_in_threadpool(request.app.state.api.cancel, order_id,
-                                       request.headers.get("idempotency-key"), body)
-
-    return app
-
-
-def main(api_class: type[OrderApi] = OrderApi) -> None:
-    serve(create_app(api_class))
+def main() -> None:
+    serve_api(OrderApi)

@@ -53,9 +53,6 @@ class IdempotencyStore:
     # A claim older than this is from a crashed attempt: a retry may take it over.
     lock_timeout = "30 seconds"
 
-    def create_schema(self, conn: psycopg.Connection) -> None:
-        conn.execute(SCHEMA)
-
     def begin(self, conn: psycopg.Connection, key: str, fp: str) -> Claim | Replay:
         with conn.transaction():
             row = conn.execute(

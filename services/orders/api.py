@@ -1,8 +1,26 @@
-"""What the order API needs besides the lesson: request model and the orders it has placed."""
+"""What every order API (reference, starter, variants) shares besides the lesson: the request
+models, the orders it has placed, and the FastAPI/uvicorn wiring around an `OrderApi` class."""
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import psycopg
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field
+
+from services.common import db
+from services.common.config import namespaced
+from services.common.http import ApiError, json_app, serve
+from services.common.log import get_logger
+from services.common.telemetry import setup as setup_telemetry
+
+from .events import make_event
+from .publisher import PublishError, Publisher
+
+log = get_logger("order_api")
 
 REGISTRY_SCHEMA = """
 CREATE TABLE IF NOT EXISTS order_api_orders (
@@ -27,9 +45,6 @@ class CancelIn(BaseModel):
 class OrderRegistry:
     """The orders this API placed, so a cancel of an unknown id is a 404, not an event."""
 
-    def create_schema(self, conn: psycopg.Connection) -> None:
-        conn.execute(REGISTRY_SCHEMA)
-
     def add(self, conn: psycopg.Connection, order_id: str, customer_id: str, amount_cents: int) -> None:
         conn.execute("""INSERT INTO order_api_orders VALUES (%s, %s, %s, 'placed')
                         ON CONFLICT (order_id) DO NOTHING""", (order_id, customer_id, amount_cents))
@@ -40,3 +55,64 @@ class OrderRegistry:
 
     def mark_cancelled(self, conn: psycopg.Connection, order_id: str) -> None:
         conn.execute("UPDATE order_api_orders SET status = 'cancelled' WHERE order_id = %s", (order_id,))
+
+
+class OrderApiBase:
+    """Connections, publisher and registry; subclasses implement place() and cancel()."""
+
+    schema = ""  # extra tables a subclass needs (e.g. idempotency keys)
+
+    def __init__(self, pool: ConnectionPool, publisher: Publisher) -> None:
+        self.pool, self.publisher, self.registry = pool, publisher, OrderRegistry()
+        with self.pool.connection() as conn:
+            conn.execute(REGISTRY_SCHEMA + self.schema)
+
+    def publish(self, event: dict) -> None:
+        """Wait for the broker's acknowledgement; 503 if it does not come."""
+        try:
+            self.publisher.publish(event)
+        except PublishError as e:
+            log.warning("publish of %s %s failed: %s", event["type"], event["order_id"], e)
+            raise ApiError(503, "broker_unavailable", "the event was not acknowledged; retry with the same key") from None
+
+    def event(self, type_: str, order_id: str, customer_id: str, amount_cents: int, event_id: str | None = None) -> dict:
+        return make_event(type_, order_id, customer_id, amount_cents, event_id)
+
+    def place(self, key: str | None, raw: bytes) -> JSONResponse:
+        raise NotImplementedError
+
+    def cancel(self, order_id: str, key: str | None, raw: bytes) -> JSONResponse:
+        raise NotImplementedError
+
+
+def create_app(api_class: type[OrderApiBase]) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        setup_telemetry("order_api")
+        pool = db.pool()
+        publisher = Publisher(namespaced("orders"))
+        app.state.api = api_class(pool, publisher)
+        log.info("ready: publishing to %s", publisher.topic)
+        yield
+        publisher.close()
+        pool.close()
+
+    app = json_app("order-api")
+    app.router.lifespan_context = lifespan
+
+    @app.post("/orders")
+    async def place(request: Request) -> JSONResponse:
+        body = await request.body()  # raw bytes: the API validates (and fingerprints) them itself
+        return await run_in_threadpool(request.app.state.api.place, request.headers.get("idempotency-key"), body)
+
+    @app.post("/orders/{order_id}/cancel")
+    async def cancel(order_id: str, request: Request) -> JSONResponse:
+        body = await request.body()
+        return await run_in_threadpool(request.app.state.api.cancel, order_id,
+                                       request.headers.get("idempotency-key"), body)
+
+    return app
+
+
+def serve_api(api_class: type[OrderApiBase]) -> None:
+    serve(create_app(api_class))

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import psycopg
 
+from services.common.log import get_logger
+
+log = get_logger()
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
     order_id     text PRIMARY KEY,
@@ -34,22 +38,24 @@ def _add_to_totals(conn: psycopg.Connection, customer: str, count: int, cents: i
 
 
 def apply_event(conn: psycopg.Connection, event: dict) -> None:
-    """Apply one event inside the caller's transaction. Not idempotent by itself: it is the
-    caller's job (the inbox) to apply each event once."""
+    """Apply one event inside the caller's transaction.
+
+    Deliberately NOT idempotent, like most real effects: a second OrderPlaced for the same order
+    counts it again. Applying each event once is the consumer's job (the inbox), and so is order:
+    a cancel that arrives before its order is dropped, so applying events out of order loses it.
+    """
     order_id, customer, amount = event["order_id"], event["customer_id"], event["amount_cents"]
     if event["type"] == "OrderPlaced":
-        inserted = conn.execute(
-            """INSERT INTO orders (order_id, customer_id, amount_cents, status) VALUES (%s, %s, %s, 'placed')
-               ON CONFLICT (order_id) DO NOTHING""", (order_id, customer, amount)).rowcount
-        if inserted:
+        conn.execute("""INSERT INTO orders (order_id, customer_id, amount_cents, status) VALUES (%s, %s, %s, 'placed')
+                        ON CONFLICT (order_id) DO NOTHING""", (order_id, customer, amount))
+        status = conn.execute("SELECT status FROM orders WHERE order_id = %s", (order_id,)).fetchone()[0]
+        if status == "placed":
             _add_to_totals(conn, customer, 1, amount)
-        # else: a cancel got here first (its tombstone wins), or this placement was applied already
     else:  # OrderCancelled
         row = conn.execute("SELECT status, customer_id, amount_cents FROM orders WHERE order_id = %s FOR UPDATE",
                            (order_id,)).fetchone()
-        if row is None:  # cancel before place: leave a tombstone so a late placement cannot resurrect it
-            conn.execute("""INSERT INTO orders (order_id, customer_id, amount_cents, status)
-                            VALUES (%s, %s, %s, 'cancelled')""", (order_id, customer, amount))
+        if row is None:
+            log.warning("cancel for unknown order %s dropped (applied before its OrderPlaced?)", order_id)
         elif row[0] == "placed":
             conn.execute("UPDATE orders SET status = 'cancelled', updated_at = now() WHERE order_id = %s", (order_id,))
             _add_to_totals(conn, row[1], -1, -row[2])

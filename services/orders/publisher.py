@@ -62,6 +62,12 @@ class Publisher:
                     self._producer = self._new_producer()
             raise PublishError(str(err))
 
+    def send_nowait(self, event: dict) -> None:
+        """Hand the event to the client library and return at once: NOT a guarantee it is stored."""
+        key, value, headers = encode(event)
+        with self._lock:
+            self._producer.produce(self.topic, key=key, value=value, headers=headers)
+
     def close(self) -> None:
         self._producer.flush(5)
         self._stop.set()
