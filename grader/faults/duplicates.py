@@ -6,7 +6,7 @@ import uuid
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from ..kafka import CLIENT_DEFAULTS, end_offsets
+from ..kafka import CLIENT_DEFAULTS, QUIET, end_offsets
 from ..wait import wait_until
 
 
@@ -37,7 +37,7 @@ def inject_duplicates(bootstrap: str, topic: str, count: int, seed: int) -> list
     """Re-produce `count` randomly chosen records (seeded) with the same key, value and headers."""
     records = sorted(read_all(bootstrap, topic), key=lambda m: (m.partition(), m.offset()))  # seed -> same picks
     chosen = random.Random(seed).sample(records, min(count, len(records)))
-    producer = Producer({"bootstrap.servers": bootstrap})
+    producer = Producer({"bootstrap.servers": bootstrap, **QUIET})
     for msg in chosen:
         producer.produce(topic, key=msg.key(), value=msg.value(), headers=msg.headers() or None,
                          partition=msg.partition())

@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, Producer
 from ..checks import Case, CheckResult, check_duplicates, check_expectations, check_final_state, check_lost, check_unique
 from ..faults.crashpoints import crash_env, crash_reached
 from ..faults.duplicates import inject_duplicates
-from ..kafka import CLIENT_DEFAULTS, group_lag
+from ..kafka import CLIENT_DEFAULTS, QUIET, group_lag
 from ..launch import Service
 from ..runner import Run
 from ..wait import WaitTimeout, wait_until
@@ -353,7 +353,7 @@ def poison(run: Run, client: HttpWorkload, ledger: Ledger, read_model: Service) 
     topic, dlq = run.ns.topic("orders"), run.ns.topic("orders.dlq")
     bad = [(b"poison-1", b"this is not JSON"),
            (b"poison-2", json.dumps({"type": "OrderPlaced", "event_id": str(uuid.uuid4())}).encode())]
-    producer = Producer({"bootstrap.servers": run.kafka})
+    producer = Producer({"bootstrap.servers": run.kafka, **QUIET})
     for key, value in bad:
         producer.produce(topic, key=key, value=value)
     producer.flush(15)
