@@ -62,8 +62,8 @@ def list_labs() -> None:
 def _start_stack(lab, runtime: str):
     """Start a lab's stack with a progress line per server; exits with a clear message on failure."""
     try:
-        runtime = resolve_runtime(runtime)
-        stack = make_stack(lab.infra, runtime)
+        runtime = resolve_runtime(runtime, learner=True)
+        stack = make_stack(lab.infra, runtime, lab_id=lab.id)
     except StackError as e:
         fail(str(e))
     console.print(f"starting {', '.join(lab.infra)} on the [bold]{runtime}[/] runtime ...")

@@ -59,6 +59,7 @@ def group_lag(bootstrap: str, group: str, topic: str, timeout: float = 10) -> in
                          **CLIENT_DEFAULTS})
     try:
         committed = consumer.committed([TopicPartition(topic, p) for p in ends], timeout=timeout)
-        return sum(end - max(tp.offset, 0) for tp, end in zip(committed, ends.values()))
+        # max(.., 0): the group may commit past an end we read a moment earlier
+        return sum(max(end - max(tp.offset, 0), 0) for tp, end in zip(committed, ends.values()))
     finally:
         consumer.close()

@@ -43,7 +43,7 @@ def run_live(lab: Lab, submission: Path, runtime: str, console: Console, rate: f
     with ExitStack() as resources:
         run = prepare(lab, submission, runtime, random.SystemRandom().randrange(1, 10**6),
                       out_dir or Path("results") / lab.id / "live", resources,
-                      say=lambda m: console.print(f"[dim]· {m}[/]"))
+                      say=lambda m: console.print(f"[dim]· {m}[/]"), learner=True)
         console.print(f"stack ready ({run.stack.runtime}); starting {', '.join(run.services)} from {submission}")
         for service in run.services.values():
             service.start()

@@ -62,8 +62,8 @@ class Run:
         return {"id": spec.id, "title": spec.title or spec.id, "max_points": spec.points, "hint": spec.hint or None}
 
 
-def _start_stack(lab: Lab, runtime: str, say: Callable[[str], None]) -> tuple[Stack, int | None]:
-    stack = make_stack(lab.infra, runtime)
+def _start_stack(lab: Lab, runtime: str, say: Callable[[str], None], learner: bool) -> tuple[Stack, int | None]:
+    stack = make_stack(lab.infra, runtime, lab_id=lab.id, learner=learner)
     proxy_port = None
     kafka = stack.servers.get("kafka")
     if kafka is not None and hasattr(kafka, "advertised_port"):
@@ -75,10 +75,11 @@ def _start_stack(lab: Lab, runtime: str, say: Callable[[str], None]) -> tuple[St
 
 
 def prepare(lab: Lab, submission: Path, runtime: str, seed: int, out_dir: Path, resources: ExitStack,
-            say: Callable[[str], None] = lambda m: None) -> Run:
-    """Stack, proxy, namespace, topics and (not yet started) services; cleanup goes on `resources`."""
+            say: Callable[[str], None] = lambda m: None, learner: bool = False) -> Run:
+    """Stack, proxy, namespace, topics and (not yet started) services; cleanup goes on `resources`.
+    `learner`: a live run (`make lab-N`), where auto on Docker means Compose."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stack, proxy_port = _start_stack(lab, runtime, say)
+    stack, proxy_port = _start_stack(lab, runtime, say, learner)
     resources.callback(stack.stop)
     proxy = None
     if proxy_port is not None:

@@ -7,22 +7,17 @@ import signal
 import subprocess
 import sys
 import textwrap
-import uuid
 from pathlib import Path
 
-import pika
 import psutil
 import psycopg
 import pytest
 import redis
-from confluent_kafka import Consumer, Producer, TopicPartition
 
-from grader.kafka import ensure_topics
 from grader.stack import MissingDependency, make_stack
 from grader.stack import native
 from grader.wait import wait_until
-
-KAFKA_CLIENT = {"session.timeout.ms": 6000}
+from tests.roundtrips import ROUNDTRIPS
 
 
 def gone(pid: int) -> bool:
@@ -32,68 +27,9 @@ def gone(pid: int) -> bool:
         return True
 
 
-def test_kafka_roundtrip_with_group_and_committed_offsets(native_stack):
-    bootstrap = native_stack.url("kafka")
-    topic = f"t-{uuid.uuid4().hex[:8]}"
-    ensure_topics(bootstrap, {topic: 2})
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
-    for i in range(10):
-        producer.produce(topic, key=f"k{i % 3}", value=f"v{i}")
-    assert producer.flush(15) == 0
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}", "auto.offset.reset": "earliest",
-                         "enable.auto.commit": False, **KAFKA_CLIENT})
-    consumer.subscribe([topic])
-    seen = []
-
-    def drain() -> bool:
-        msg = consumer.poll(0.5)
-        if msg is not None and msg.error() is None:
-            seen.append(msg.value().decode())
-            consumer.commit(msg, asynchronous=False)
-        return len(seen) == 10
-
-    wait_until(drain, 60, "10 messages consumed", interval=0)
-    committed = consumer.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)
-    consumer.close()
-    assert sorted(seen) == sorted(f"v{i}" for i in range(10))
-    assert sum(max(tp.offset, 0) for tp in committed) == 10  # a partition that got nothing has no commit
-
-
-def test_postgres_sql_and_logical_replication_slot(native_stack):
-    with psycopg.connect(native_stack.url("postgres"), autocommit=True) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS slot_probe (id int primary key, v text)")
-        conn.execute("SELECT pg_create_logical_replication_slot('probe_slot', 'test_decoding')")
-        try:
-            conn.execute("INSERT INTO slot_probe VALUES (1, 'a')")
-            changes = conn.execute("SELECT lsn, data FROM pg_logical_slot_peek_changes('probe_slot', NULL, NULL)").fetchall()
-            assert any("INSERT" in data and "slot_probe" in data for _, data in changes)
-            last = changes[-1][0]
-            conn.execute("SELECT pg_replication_slot_advance('probe_slot', %s)", (last,))
-            after = conn.execute("SELECT count(*) FROM pg_logical_slot_peek_changes('probe_slot', NULL, NULL)").fetchone()[0]
-            assert after == 0
-        finally:
-            conn.execute("SELECT pg_drop_replication_slot('probe_slot')")
-
-
-def test_redis_set_get(native_stack):
-    client = redis.Redis.from_url(native_stack.url("redis"))
-    client.set("probe", "value")
-    assert client.get("probe") == b"value"
-
-
-def test_rabbitmq_confirms_and_ack_on_quorum_queue(native_stack):
-    conn = pika.BlockingConnection(pika.URLParameters(native_stack.url("rabbitmq")))
-    try:
-        channel = conn.channel()
-        channel.confirm_delivery()
-        queue = f"q-{uuid.uuid4().hex[:8]}"
-        channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 3})
-        channel.basic_publish("", queue, b"hello", pika.BasicProperties(delivery_mode=2), mandatory=True)
-        method = wait_until(lambda: channel.basic_get(queue)[0], 30, "message in the quorum queue")
-        channel.basic_ack(method.delivery_tag)
-        assert channel.queue_declare(queue, passive=True).method.message_count == 0
-    finally:
-        conn.close()
+@pytest.mark.parametrize("kind", sorted(ROUNDTRIPS))
+def test_roundtrip(native_stack, kind):
+    ROUNDTRIPS[kind](native_stack.url(kind))
 
 
 def test_namespaces_keep_two_runs_apart(native_stack):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..wait import WaitTimeout, wait_until
 from .base import MissingDependency, Server, StackError
+from . import probes
 from .procs import ServerProcess, WorkDir, free_port, port_open, unprivileged_user
 
 # How to install what a native server needs, for error messages and `labkit doctor`.
@@ -64,7 +65,7 @@ class NativeServer(Server):
     def _ready(self) -> bool:
         for proc in self.procs:
             proc.check_alive(self.kind)
-        return port_open(self.port) and self.probe()
+        return port_open(self.port) and probes.probe(self.kind, self.url)
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -97,9 +98,6 @@ class NativeServer(Server):
     def launch(self, workdir: Path) -> None:
         raise NotImplementedError
 
-    def probe(self) -> bool:
-        raise NotImplementedError
-
 
 class NativeKafka(NativeServer):
     kind = "kafka"
@@ -124,12 +122,6 @@ class NativeKafka(NativeServer):
             [str(self.binaries()["tansu"]), "broker", "--listener-url", listener,
              "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
             workdir / "tansu.log", cwd=workdir)]
-
-    def probe(self) -> bool:
-        from confluent_kafka.admin import AdminClient
-
-        admin = AdminClient({"bootstrap.servers": self.url})
-        return admin.list_topics(timeout=2).brokers is not None
 
 
 class NativePostgres(NativeServer):
@@ -168,12 +160,6 @@ class NativePostgres(NativeServer):
              "-c", "full_page_writes=off", "-c", "max_connections=200"],
             workdir / "postgres.log", cwd=workdir, user=self.owner())]
 
-    def probe(self) -> bool:
-        import psycopg
-
-        with psycopg.connect(self.url, connect_timeout=2) as conn:
-            return conn.execute("SHOW wal_level").fetchone()[0] == "logical"
-
 
 class NativeRedis(NativeServer):
     kind = "redis"
@@ -194,11 +180,6 @@ class NativeRedis(NativeServer):
              "--save", "", "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no",
              "--protected-mode", "no"],
             workdir / "redis.log", cwd=workdir)]
-
-    def probe(self) -> bool:
-        import redis
-
-        return redis.Redis.from_url(self.url, socket_timeout=2).ping()
 
 
 class NativeRabbitMQ(NativeServer):
@@ -249,13 +230,6 @@ class NativeRabbitMQ(NativeServer):
         wait_until(lambda: port_open(epmd_port), 10, "epmd")
         self.procs.append(ServerProcess([str(bins["rabbitmq-server"])], workdir / "rabbitmq.log",
                                         env=env, cwd=workdir))
-
-    def probe(self) -> bool:
-        import pika
-
-        params = pika.URLParameters(self.url + "?connection_attempts=1&socket_timeout=2")
-        pika.BlockingConnection(params).close()
-        return True
 
 
 def _rabbitmq_script() -> Path | None:

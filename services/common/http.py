@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from .config import env_int
+from .lifecycle import install_signal_handlers
 
 
 class ApiError(Exception):
@@ -65,6 +66,11 @@ def parse_body(raw: bytes, model: type[BaseModel], allow_empty: bool = False) ->
 
 
 def serve(app: FastAPI) -> None:
-    """Serve on 127.0.0.1:$PORT until SIGTERM/SIGINT (uvicorn drains in-flight requests)."""
+    """Serve on 127.0.0.1:$PORT until SIGTERM/SIGINT (uvicorn drains in-flight requests).
+
+    uvicorn re-raises the signal after its shutdown under the handler it found; ours only sets an
+    event, so the process then returns normally: exit code 0, and atexit hooks (span flush) run.
+    """
+    install_signal_handlers()
     uvicorn.run(app, host="127.0.0.1", port=env_int("PORT", 8000), log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5)

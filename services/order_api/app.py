@@ -3,12 +3,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from services.common.http import ApiError, parse_body
-from services.orders.api import CancelIn, OrderApiBase, OrderIn, serve_api
+from services.common.orders.api import CancelIn, OrderApiBase, OrderIn, serve_api
 
 from .idempotency import SCHEMA, Claim, IdempotencyStore, Replay, fingerprint
+
+
+MAX_KEY_LENGTH = 255  # the draft leaves it open; Stripe allows 255
 
 
 class OrderApi(OrderApiBase):
@@ -18,23 +21,27 @@ class OrderApi(OrderApiBase):
     def require_key(self, key: str | None) -> str:
         if not key:
             raise ApiError(400, "idempotency_key_missing", "send an Idempotency-Key header with every POST")
+        if len(key) > MAX_KEY_LENGTH:
+            raise ApiError(400, "idempotency_key_invalid", f"an Idempotency-Key has at most {MAX_KEY_LENGTH} characters")
         return key
 
-    def idempotent(self, key: str, fp: str, work: Callable[[Claim], tuple[int, Any]]) -> JSONResponse:
+    def idempotent(self, key: str, fp: str, work: Callable[[Claim], tuple[int, Any]]) -> Response:
         """Claim the key, do the work once, store its response; replay it for retries."""
         with self.pool.connection() as conn:
             outcome = self.store.begin(conn, key, fp)
         if isinstance(outcome, Replay):
-            return JSONResponse(outcome.body, outcome.status, headers={"Idempotent-Replayed": "true"})
+            return Response(outcome.body, outcome.status, headers={"Idempotent-Replayed": "true"},
+                            media_type="application/json")
         try:
             status, body = work(outcome)
         except BaseException:
             with self.pool.connection() as conn:
                 self.store.release(conn, key)
             raise
+        response = JSONResponse(body, status)
         with self.pool.connection() as conn:
-            self.store.finish(conn, key, status, body)
-        return JSONResponse(body, status)
+            self.store.finish(conn, key, status, bytes(response.body))
+        return response
 
     def place(self, key: str | None, raw: bytes) -> JSONResponse:
         key = self.require_key(key)

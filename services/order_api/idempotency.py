@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from services.common.http import ApiError
 
@@ -26,7 +25,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     resource_id  text NOT NULL,            -- the order this key stands for, kept across retries
     event_id     text NOT NULL,
     status       int,
-    body         jsonb,
+    body         bytea,                    -- the first response's exact bytes, replayed as they were
     locked_at    timestamptz NOT NULL DEFAULT now()
 );
 """
@@ -41,7 +40,7 @@ class Claim:
 @dataclass(frozen=True)
 class Replay:
     status: int
-    body: Any
+    body: bytes
 
 
 def fingerprint(method: str, path: str, data: Any) -> str:
@@ -70,15 +69,15 @@ class IdempotencyStore:
                 raise ApiError(422, "idempotency_key_reused",
                                "this Idempotency-Key was used for a different request")
             if state == "done":
-                return Replay(status, body)
+                return Replay(status, bytes(body))
             if state == "in_progress" and not stale:
                 raise ApiError(409, "request_in_progress", "a request with this Idempotency-Key is still running")
             conn.execute("UPDATE idempotency_keys SET state = 'in_progress', locked_at = now() WHERE key = %s", (key,))
             return Claim(resource_id, event_id)
 
-    def finish(self, conn: psycopg.Connection, key: str, status: int, body: Any) -> None:
+    def finish(self, conn: psycopg.Connection, key: str, status: int, body: bytes) -> None:
         conn.execute("UPDATE idempotency_keys SET state = 'done', status = %s, body = %s WHERE key = %s",
-                     (status, Jsonb(body), key))
+                     (status, body, key))
 
     def release(self, conn: psycopg.Connection, key: str) -> None:
         conn.execute("UPDATE idempotency_keys SET state = 'released' WHERE key = %s", (key,))

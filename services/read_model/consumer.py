@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from confluent_kafka import Message
 
-from services.orders.consumer import ReadModelLoop, log, run_consumer
-from services.orders.events import BadEvent, parse_event
-from services.orders.projection import apply_event
+from services.common.orders.consumer import ReadModelLoop, log, run_consumer
+from services.common.orders.events import BadEvent, parse_event
 
 INBOX = """
 CREATE TABLE IF NOT EXISTS processed_events (
@@ -40,7 +39,7 @@ class ReadModel(ReadModelLoop):
             return
         with self.conn.transaction():
             if self.claim(event, msg):
-                apply_event(self.conn, event)
+                self.apply(self.conn, event)
             else:
                 log.info("duplicate event %s (%s %s) skipped", event["event_id"], event["type"], event["order_id"])
 

@@ -2,7 +2,7 @@
 
 `make lab-1` runs it with traffic and a live view; `make check-1` grades it. The plumbing (HTTP
 server, database pool, Kafka publisher, the registry of placed orders) comes from
-services.orders.api; what is left here is the lesson. Read ../README.md first.
+services.common.orders.api; what is left here is the lesson. Read ../README.md first.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import uuid
 from fastapi.responses import JSONResponse
 
 from services.common.http import ApiError, parse_body  # noqa: F401  (ApiError: for your 400/409/422)
-from services.orders.api import CancelIn, OrderApiBase, OrderIn, serve_api
+from services.common.orders.api import CancelIn, OrderApiBase, OrderIn, serve_api
 
 
 class OrderApi(OrderApiBase):

@@ -2,16 +2,15 @@
 
 It keeps `orders` and `customer_totals` (see ../README.md, "The read model") up to date from the
 order events. The plumbing (connections, poll loop, dead-letter producer, shutdown) comes from
-services.orders.consumer; apply_event() changes the tables for one event - and is NOT idempotent:
+services.common.orders.consumer; self.apply() changes the tables for one event - and is NOT idempotent:
 applying the same event twice counts the order twice. Making every event count once is your job.
 """
 from __future__ import annotations
 
 from confluent_kafka import Message
 
-from services.orders.consumer import ReadModelLoop, run_consumer
-from services.orders.events import parse_event
-from services.orders.projection import apply_event
+from services.common.orders.consumer import ReadModelLoop, run_consumer
+from services.common.orders.events import parse_event
 
 
 class ReadModel(ReadModelLoop):
@@ -31,8 +30,8 @@ class ReadModel(ReadModelLoop):
         with self.conn.transaction():
             # TODO(lab1-3): the same event can arrive again (redelivery after a crash, a producer
             # retry, a duplicate). In THIS transaction, insert event["event_id"] into your inbox
-            # table and skip apply_event if it was already there.
-            apply_event(self.conn, event)
+            # table and skip self.apply if it was already there.
+            self.apply(self.conn, event)
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 from services.order_api.app import OrderApi
-from services.orders.api import serve_api
+from services.common.orders.api import serve_api
 
 
 class AckBeforeBroker(OrderApi):

@@ -1,4 +1,4 @@
-from services.orders.consumer import run_consumer
+from services.common.orders.consumer import run_consumer
 from services.read_model.consumer import ReadModel
 
 

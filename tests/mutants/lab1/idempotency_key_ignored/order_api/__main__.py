@@ -4,7 +4,7 @@ from fastapi.responses import JSONResponse
 
 from services.order_api.app import OrderApi
 from services.order_api.idempotency import Claim
-from services.orders.api import serve_api
+from services.common.orders.api import serve_api
 
 
 class KeyIgnored(OrderApi):

@@ -1,5 +1,10 @@
 """What every read-model consumer shares besides the lesson: connections, the poll loop,
-dead-lettering, reconnects and a clean shutdown. Subclasses implement handle(msg)."""
+dead-lettering, reconnects and a clean shutdown. Subclasses implement handle(msg).
+
+Records are handled one at a time on the polling thread, so a rebalance (whose callbacks run
+inside poll()) never finds a record half-done: whatever handle() committed is the position the
+next owner of the partition starts from.
+"""
 from __future__ import annotations
 
 import time
@@ -9,11 +14,11 @@ from confluent_kafka import KafkaError, Message
 
 from services.common import db, kafka
 from services.common.config import namespaced
-from services.common.lifecycle import install_signal_handlers
+from services.common.lifecycle import install_signal_handlers, stopping
 from services.common.log import get_logger
 from services.common.telemetry import setup as setup_telemetry
 
-from .projection import create_schema
+from .projection import apply_event, create_schema
 
 log = get_logger("read_model")
 
@@ -31,6 +36,10 @@ class ReadModelLoop:
 
     def handle(self, msg: Message) -> None:
         raise NotImplementedError
+
+    def apply(self, conn: psycopg.Connection, event: dict) -> None:
+        """The event's effects on the read model, inside the caller's transaction."""
+        apply_event(conn, event)
 
     def commit_offset(self, msg: Message) -> None:
         self.consumer.commit(message=msg, asynchronous=False)
@@ -66,7 +75,6 @@ class ReadModelLoop:
         return [] if msg is None else [msg]
 
     def run(self) -> None:
-        stopping = install_signal_handlers()
         self.consumer.subscribe([self.topic], on_assign=self.on_assign, on_revoke=self.on_revoke)
         log.info("consuming %s", self.topic)
         try:
@@ -84,5 +92,6 @@ class ReadModelLoop:
 
 
 def run_consumer(cls: type[ReadModelLoop]) -> None:
+    install_signal_handlers()  # first: a SIGTERM while connecting still ends in a clean exit 0
     setup_telemetry("read_model")
     cls().run()

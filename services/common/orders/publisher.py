@@ -11,7 +11,7 @@ from services.common.log import get_logger
 
 from .events import encode
 
-log = get_logger()
+log = get_logger("order_api")
 
 
 class PublishError(RuntimeError):

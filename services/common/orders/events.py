@@ -26,6 +26,17 @@ def encode(event: dict) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     return event["order_id"].encode(), json.dumps(event).encode(), headers
 
 
+def storable_text(value: Any) -> bool:
+    """A non-empty str without NUL or lone surrogates (JSON allows both, PostgreSQL text neither)."""
+    if not isinstance(value, str) or not value or "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_event(value: bytes | None) -> dict[str, Any]:
     if value is None:
         raise BadEvent("empty record (no value)")
@@ -40,6 +51,10 @@ def parse_event(value: bytes | None) -> dict[str, Any]:
         raise BadEvent(f"missing fields: {', '.join(missing)}")
     if event["type"] not in TYPES:
         raise BadEvent(f"unknown event type {event['type']!r}")
-    if not isinstance(event["amount_cents"], int):
-        raise BadEvent("amount_cents is not an integer")
+    for name in ("event_id", "order_id", "customer_id", "occurred_at"):
+        if not storable_text(event[name]):
+            raise BadEvent(f"{name} is not a non-empty string PostgreSQL can store")
+    amount = event["amount_cents"]
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount < 2**63:
+        raise BadEvent("amount_cents is not a non-negative 64-bit integer")
     return event

@@ -5,7 +5,7 @@ import psycopg
 
 from services.common.log import get_logger
 
-log = get_logger()
+log = get_logger("read_model")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS orders (
@@ -40,9 +40,10 @@ def _add_to_totals(conn: psycopg.Connection, customer: str, count: int, cents: i
 def apply_event(conn: psycopg.Connection, event: dict) -> None:
     """Apply one event inside the caller's transaction.
 
-    Deliberately NOT idempotent, like most real effects: a second OrderPlaced for the same order
-    counts it again. Applying each event once is the consumer's job (the inbox), and so is order:
-    a cancel that arrives before its order is dropped, so applying events out of order loses it.
+    Deliberately NOT idempotent, like most real effects: a second OrderPlaced for a placed order
+    counts it again. Applying each event once is the consumer's job (the inbox).
+    A cancel for an order not seen yet leaves a tombstone (status 'cancelled', amount 0), so an
+    OrderPlaced arriving after it cannot bring the order back.
     """
     order_id, customer, amount = event["order_id"], event["customer_id"], event["amount_cents"]
     if event["type"] == "OrderPlaced":
@@ -55,7 +56,9 @@ def apply_event(conn: psycopg.Connection, event: dict) -> None:
         row = conn.execute("SELECT status, customer_id, amount_cents FROM orders WHERE order_id = %s FOR UPDATE",
                            (order_id,)).fetchone()
         if row is None:
-            log.warning("cancel for unknown order %s dropped (applied before its OrderPlaced?)", order_id)
+            log.info("cancel for unknown order %s: recorded as cancelled (a tombstone)", order_id)
+            conn.execute("""INSERT INTO orders (order_id, customer_id, amount_cents, status)
+                            VALUES (%s, %s, 0, 'cancelled')""", (order_id, customer))
         elif row[0] == "placed":
             conn.execute("UPDATE orders SET status = 'cancelled', updated_at = now() WHERE order_id = %s", (order_id,))
             _add_to_totals(conn, row[1], -1, -row[2])

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from psycopg_pool import ConnectionPool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.common import db
 from services.common.config import namespaced
@@ -17,7 +17,7 @@ from services.common.http import ApiError, json_app, serve
 from services.common.log import get_logger
 from services.common.telemetry import setup as setup_telemetry
 
-from .events import make_event
+from .events import make_event, storable_text
 from .publisher import PublishError, Publisher
 
 log = get_logger("order_api")
@@ -37,6 +37,13 @@ class OrderIn(BaseModel):
     customer_id: str = Field(min_length=1, max_length=64)
     amount_cents: int = Field(ge=1, le=1_000_000_000, strict=True)
 
+    @field_validator("customer_id")
+    @classmethod
+    def storable(cls, value: str) -> str:
+        if not storable_text(value):
+            raise ValueError("must not contain NUL or unpaired surrogates")
+        return value
+
 
 class CancelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,6 +57,8 @@ class OrderRegistry:
                         ON CONFLICT (order_id) DO NOTHING""", (order_id, customer_id, amount_cents))
 
     def get(self, conn: psycopg.Connection, order_id: str) -> tuple[str, int, str] | None:
+        if not storable_text(order_id) or len(order_id) > 200:  # cannot be an id this API gave out
+            return None
         return conn.execute("SELECT customer_id, amount_cents, status FROM order_api_orders WHERE order_id = %s",
                             (order_id,)).fetchone()
 
@@ -85,12 +94,12 @@ class OrderApiBase:
         raise NotImplementedError
 
 
-def create_app(api_class: type[OrderApiBase]) -> FastAPI:
+def create_app(api_class: type[OrderApiBase], publisher_class: type[Publisher] = Publisher) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         setup_telemetry("order_api")
         pool = db.pool()
-        publisher = Publisher(namespaced("orders"))
+        publisher = publisher_class(namespaced("orders"))
         app.state.api = api_class(pool, publisher)
         log.info("ready: publishing to %s", publisher.topic)
         yield
@@ -114,5 +123,5 @@ def create_app(api_class: type[OrderApiBase]) -> FastAPI:
     return app
 
 
-def serve_api(api_class: type[OrderApiBase]) -> None:
-    serve(create_app(api_class))
+def serve_api(api_class: type[OrderApiBase], publisher_class: type[Publisher] = Publisher) -> None:
+    serve(create_app(api_class, publisher_class))

@@ -1,0 +1,64 @@
+"""The docker runtime on real containers: round trips, faults, cleanup, and the grader's verdicts."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from grader.lab import find_lab
+from grader.runner import grade
+from grader.stack import make_stack
+from tests.docker.conftest import labkit_containers
+from tests.roundtrips import ROUNDTRIPS
+from tests.test_lab1_grader import MUTANTS, summary
+
+
+@pytest.fixture(scope="module")
+def docker_stack():
+    with make_stack(["kafka", "postgres", "redis", "rabbitmq"], "docker") as stack:
+        yield stack
+
+
+@pytest.mark.parametrize("kind", sorted(ROUNDTRIPS))
+def test_roundtrip(docker_stack, kind):
+    ROUNDTRIPS[kind](docker_stack.url(kind))
+
+
+def test_postgres_kill_and_restart_keeps_data():
+    with make_stack(["postgres"], "docker") as stack:
+        pg = stack.servers["postgres"]
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE survives (i int)")
+            conn.execute("INSERT INTO survives VALUES (1)")
+        pg.kill()
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(pg.url, connect_timeout=2)
+        pg.restart()
+        with psycopg.connect(pg.url) as conn:
+            assert conn.execute("SELECT count(*) FROM survives").fetchone()[0] == 1
+
+
+def test_stop_leaves_no_container():
+    before = set(labkit_containers())
+    stack = make_stack(["redis", "kafka"], "docker").start()
+    assert len(set(labkit_containers()) - before) == 2
+    stack.stop()
+    assert set(labkit_containers()) <= before
+
+
+def test_grader_reference_passes_on_docker(tmp_path):
+    lab = find_lab("lab-1")
+    report = grade(lab, lab.reference, "docker", seed=5, out_dir=tmp_path)
+    assert report.runtime == "docker"
+    assert report.passed, summary(report)
+
+
+def test_grader_mutant_fails_on_docker_as_on_native(tmp_path):
+    lab = find_lab("lab-1")
+    mutant = MUTANTS / "no_inbox_dedupe"
+    expected = tomllib.loads((mutant / "mutant.toml").read_text())["expect_fail"]
+    report = grade(lab, mutant, "docker", seed=7, out_dir=tmp_path)
+    failed = {r.id for r in report.results if not r.passed}
+    assert set(expected) <= failed, summary(report)
