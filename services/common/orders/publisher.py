@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 
 from services.common import kafka
 from services.common.config import env_int
@@ -12,6 +12,13 @@ from services.common.log import get_logger
 from .events import encode
 
 log = get_logger("order_api")
+
+
+# Errors after which this producer's id/epoch is unusable for good. Seen on Tansu: once a message
+# timed out during a network cut, every later produce fails PRODUCER_FENCED. Only a new producer
+# (a new producer id) recovers; the retry with the same event_id keeps that safe.
+STUCK = {KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.UNKNOWN_PRODUCER_ID,
+         KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER}
 
 
 class PublishError(RuntimeError):
@@ -49,18 +56,24 @@ class Publisher:
         key, value, headers = encode(event)
         try:
             with self._lock:
-                self._producer.produce(self.topic, key=key, value=value, headers=headers, on_delivery=delivered)
+                producer = self._producer
+                producer.produce(self.topic, key=key, value=value, headers=headers, on_delivery=delivered)
         except (KafkaException, BufferError) as e:
             raise PublishError(str(e)) from e
         if not done.wait(self.timeout_ms / 1000 + 2):
             raise PublishError("no delivery report in time")
         err = outcome[0]
         if err is not None:
-            if err.fatal():  # an idempotent producer's fatal error: only a new producer recovers
-                log.warning("producer fatal error %s; recreating the producer", err)
-                with self._lock:
-                    self._producer = self._new_producer()
+            if err.fatal() or err.code() in STUCK:
+                self._replace(producer, err)
             raise PublishError(str(err))
+
+    def _replace(self, broken, err) -> None:
+        with self._lock:
+            if self._producer is broken:  # once, however many requests saw the error
+                log.warning("producer error %s; replacing the producer", err)
+                self._producer = self._new_producer()
+                threading.Thread(target=broken.flush, args=(self.timeout_ms / 1000,), daemon=True).start()
 
     def send_nowait(self, event: dict) -> None:
         """Hand the event to the client library and return at once: NOT a guarantee it is stored."""
