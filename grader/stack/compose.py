@@ -50,7 +50,8 @@ class ComposeServer(Server):
     def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         files = [a for f in compose_files(self.lab_id) for a in ("-f", str(f))]
         env = {**os.environ, **{PORT_VARS[k]: str(p) for k, p in self.ports.items()}}
-        return subprocess.run(["docker", "compose", "-p", f"labkit-{self.lab_id}", *files, *args],
+        project = f"labkit-{self.lab_id}-{os.getpid()}"  # two runs on one machine never share containers
+        return subprocess.run(["docker", "compose", "-p", project, *files, *args],
                               capture_output=True, text=True, env=env, timeout=timeout)
 
     def start(self, timeout: float) -> None:
@@ -60,7 +61,9 @@ class ComposeServer(Server):
         wait_until(lambda: probes.probe(self.kind, self.url), timeout, f"{self.kind} (compose)", ignore=(Exception,))
 
     def stop(self) -> None:
-        self.compose("rm", "--stop", "--force", "--volumes", self.kind, timeout=120)
+        # The whole project, named volumes included: every server of the stack shares it, so the
+        # first stop does the work and the others find nothing left.
+        self.compose("down", "--volumes", "--remove-orphans", timeout=120)
 
     def kill(self) -> None:
         self.compose("kill", self.kind)
