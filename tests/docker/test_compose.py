@@ -1,6 +1,7 @@
 """The Compose files: every one validates, and lab 1's stack comes up healthy and goes away."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -32,3 +33,20 @@ def test_lab1_stack_up_healthy_and_down(compose):
     finally:
         compose("down", "-v", "--remove-orphans", check=False)
     assert compose("ps", "-q").stdout.strip() == ""
+
+
+def test_compose_runtime_for_make_lab_runs_and_cleans_up():
+    """`make lab-1` with Docker: infrastructure via Compose on free ports, gone after stop."""
+    from grader.stack import make_stack
+    from tests.roundtrips import postgres_roundtrip
+
+    stack = make_stack(["kafka", "postgres"], "compose", lab_id="lab-1").start()
+    project = f"labkit-lab-1-{os.getpid()}"
+    try:
+        kafka_roundtrip(stack.url("kafka"))
+        postgres_roundtrip(stack.url("postgres"))
+    finally:
+        stack.stop()
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+                          capture_output=True, text=True, timeout=30).stdout.strip()
+    assert left == ""
