@@ -21,7 +21,7 @@ from testcontainers.core.container import DockerContainer  # noqa: E402
 from ..wait import WaitTimeout, wait_until  # noqa: E402
 from . import probes  # noqa: E402
 from .base import Server, StackError  # noqa: E402
-from .procs import free_port  # noqa: E402
+from .procs import Guardian, free_port  # noqa: E402
 
 IMAGES = {
     "kafka": "apache/kafka:3.9.1",
@@ -56,6 +56,7 @@ class DockerServer(Server):
         self.network = network
         self.port = 0
         self.container: DockerContainer | None = None
+        self.container_id = ""
 
     @property
     def host_network(self) -> bool:
@@ -82,6 +83,8 @@ class DockerServer(Server):
         except Exception as e:  # image missing, daemon refusing, port taken: say which server
             self.stop()
             raise StackError(f"{self.kind}: could not start a container from {image(self.kind)}: {e}") from None
+        self.container_id = self.container.get_wrapped_container().id
+        Guardian.get().watch_container(self.container_id)  # removed even if this process is killed
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
@@ -113,6 +116,7 @@ class DockerServer(Server):
             except Exception:
                 pass
             self.container = None
+            Guardian.get().forget_container(self.container_id)
 
     def pids(self) -> list[int]:
         if self.container is None:

@@ -58,6 +58,12 @@ class Guardian:
     def forget_dir(self, path: str | Path) -> None:
         self._say(f"-dir {path}")
 
+    def watch_container(self, container_id: str) -> None:
+        self._say(f"+ctr {container_id}")
+
+    def forget_container(self, container_id: str) -> None:
+        self._say(f"-ctr {container_id}")
+
     def close(self) -> None:
         """Normal exit: whatever is still registered gets cleaned up by the guardian."""
         with self._lock:

@@ -62,3 +62,35 @@ def test_grader_mutant_fails_on_docker_as_on_native(tmp_path):
     report = grade(lab, mutant, "docker", seed=7, out_dir=tmp_path)
     failed = {r.id for r in report.results if not r.passed}
     assert set(expected) <= failed, summary(report)
+
+
+def test_killing_the_caller_removes_its_containers(tmp_path):
+    """SIGKILL the process that started a container: the guardian removes it (no Ryuk needed)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from grader.wait import wait_until
+
+    report = tmp_path / "started.json"
+    script = textwrap.dedent(f"""
+        import json, threading
+        from grader.stack import make_stack
+        stack = make_stack(["redis"], "docker").start()
+        open({str(report)!r}, "w").write(json.dumps(stack.servers["redis"].container_id))
+        threading.Event().wait()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        container = wait_until(lambda: report.exists() and json.loads(report.read_text() or "null"), 120,
+                               "a container started")
+        assert container in labkit_containers() or any(container.startswith(c) for c in labkit_containers())
+        os.kill(proc.pid, signal.SIGKILL)
+        wait_until(lambda: not any(container.startswith(c) for c in labkit_containers()), 60,
+                   "the container removed by the guardian")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
