@@ -1,9 +1,18 @@
 """A graded run's outcome, and its renderings (console, JSON, JUnit XML)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from ..checks import CheckResult
+
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def plain(text: str) -> str:
+    """Log text without colour codes and control characters (they garble terminals and XML)."""
+    return _CONTROL.sub("", _ANSI.sub("", text.replace("\r\n", "\n")))
 
 
 @dataclass
@@ -13,20 +22,34 @@ class RunReport:
     submission: str
     seed: int
     runtime: str
-    started_at: str
-    duration: float
+    started_at: str  # ISO 8601
+    duration: float  # seconds
     results: list[CheckResult]
     notes: list[str] = field(default_factory=list)
     logs: dict[str, str] = field(default_factory=dict)  # service -> log tail
+    crashed: list[str] = field(default_factory=list)  # services that died on their own: their logs are shown
+
+    @property
+    def counted(self) -> list[CheckResult]:
+        """Skipped checks are the grader's limitation, not the learner's: they count neither way."""
+        return [r for r in self.results if not r.skipped]
 
     @property
     def score(self) -> float:
-        return sum(r.points for r in self.results)
+        return sum(r.points for r in self.counted)
 
     @property
     def max_score(self) -> float:
-        return sum(r.max_points for r in self.results)
+        return sum(r.max_points for r in self.counted)
 
     @property
     def passed(self) -> bool:
-        return bool(self.results) and all(r.passed for r in self.results)
+        return bool(self.counted) and all(r.passed for r in self.counted)
+
+    def logs_to_show(self) -> dict[str, str]:
+        """Log tails worth a learner's attention: crashed services, and any with a traceback."""
+        return {name: log for name, log in self.logs.items()
+                if log.strip() and (name in self.crashed or "Traceback (most recent call last)" in log)}
+
+    def replay_command(self) -> str:
+        return f"labkit check {self.lab} --seed {self.seed}"

@@ -6,37 +6,45 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from . import RunReport
+from ..checks import CheckResult, shown
+from . import RunReport, plain
+
+STYLE = {"PASS": "green", "FAIL": "red", "ERROR": "yellow", "SKIP": "dim"}
 
 
-def _state(result) -> str:
-    if result.passed:
-        return "[green]PASS[/]"
-    return "[yellow]ERROR[/]" if result.errored else "[red]FAIL[/]"
+def _state(result: CheckResult) -> str:
+    return f"[{STYLE[result.state]}]{result.state}[/]"
+
+
+def _details(result: CheckResult) -> Panel:
+    lines = [escape(result.message)]
+    lines += [f"  • {escape(item)}" for item in shown(result.evidence)]
+    if result.hint:
+        lines.append(f"[bold]hint:[/] {escape(result.hint)}")
+    return Panel("\n".join(lines), title=f"{_state(result)} {escape(result.title)}", title_align="left")
 
 
 def print_report(report: RunReport, console: Console | None = None) -> None:
     console = console or Console()
-    table = Table(title=f"{report.lab}: {report.title}", caption=f"{report.submission} · {report.runtime} runtime · "
-                  f"seed {report.seed} · {report.duration:.0f}s")
+    table = Table(title=escape(f"{report.lab}: {report.title}"),
+                  caption=escape(f"{report.submission} · {report.runtime} runtime · seed {report.seed} · "
+                                 f"{report.duration:.0f}s"))
     table.add_column("check")
     table.add_column("result")
     table.add_column("points", justify="right")
     table.add_column("")
     for r in report.results:
-        table.add_row(r.title if r.title != r.id else r.id, _state(r), f"{r.points:g}/{r.max_points:g}", escape(r.message))
+        points = "-" if r.skipped else f"{r.points:g}/{r.max_points:g}"
+        table.add_row(escape(r.title), _state(r), points, escape(r.message))
     console.print(table)
     for r in report.results:
-        if r.passed:
-            continue
-        lines = [escape(r.message)]
-        lines += [f"  • {escape(e)}" for e in r.evidence]
-        if r.hint:
-            lines.append(f"[bold]hint:[/] {escape(r.hint)}")
-        console.print(Panel("\n".join(lines), title=f"{_state(r)} {r.id}", title_align="left"))
-    crashed = {name: log for name, log in report.logs.items() if "exited" in log or "Traceback" in log}
-    for name, log in crashed.items():
-        console.print(Panel(escape(log), title=f"{name}: last log lines", title_align="left", style="dim"))
+        if not r.passed and not r.skipped:
+            console.print(_details(r))
+    for note in report.notes:
+        console.print(f"[dim]note:[/] {escape(note)}")
+    for name, log in report.logs_to_show().items():
+        console.print(Panel(escape(plain(log).rstrip()), title=escape(f"{name}: last log lines"), title_align="left",
+                            style="dim"))
     colour = "green" if report.passed else "red"
     console.print(f"[bold {colour}]score {report.score:g}/{report.max_score:g}[/]   "
-                  f"replay this run: [bold]labkit check {report.lab} --seed {report.seed}[/]")
+                  f"seed {report.seed}, replay this run: [bold]{escape(report.replay_command())}[/]")

@@ -1,27 +1,52 @@
-"""junit.xml: one testsuite per run, one testcase per check, for CI systems and LMS importers."""
+"""junit.xml: one testsuite per run, one testcase per check, for CI systems and LMS importers.
+
+FAIL -> <failure>, ERROR (could not run) -> <error>, SKIP -> <skipped>; the body is the message,
+the evidence and the hint. Log tails of crashed services go to <system-err>.
+"""
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from . import RunReport
+from ..checks import shown
+from . import RunReport, plain
+
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")  # XML 1.0 forbids these
 
 
-def write_junit(report: RunReport, path: Path) -> None:
-    failures = sum(1 for r in report.results if not r.passed and not r.errored)
-    errors = sum(1 for r in report.results if r.errored)
-    suite = ET.Element("testsuite", name=f"{report.lab}", tests=str(len(report.results)), failures=str(failures),
-                       errors=str(errors), time=f"{report.duration:.2f}", timestamp=report.started_at)
+def _text(s: str) -> str:
+    """Logs carry ANSI escapes and other control characters that would make the file unparsable."""
+    return _NOT_XML.sub("\ufffd", s)
+
+
+def write_junit(report: RunReport, path: str | Path) -> None:
+    states = [r.state for r in report.results]
+    suite = ET.Element("testsuite", name=report.lab, tests=str(len(states)), failures=str(states.count("FAIL")),
+                       errors=str(states.count("ERROR")), skipped=str(states.count("SKIP")),
+                       time=f"{report.duration:.2f}", timestamp=report.started_at)
     props = ET.SubElement(suite, "properties")
-    for name, value in (("seed", report.seed), ("runtime", report.runtime), ("submission", report.submission),
-                        ("score", f"{report.score:g}/{report.max_score:g}")):
-        ET.SubElement(props, "property", name=name, value=str(value))
+    for name, value in (("title", report.title), ("seed", report.seed), ("runtime", report.runtime),
+                        ("submission", report.submission), ("score", f"{report.score:g}/{report.max_score:g}"),
+                        ("replay", report.replay_command())):
+        ET.SubElement(props, "property", name=name, value=_text(str(value)))
     for r in report.results:
-        case = ET.SubElement(suite, "testcase", classname=report.lab, name=r.id, time=f"{r.duration:.2f}")
-        if not r.passed:
-            body = "\n".join([r.message, *r.evidence] + ([f"hint: {r.hint}"] if r.hint else []))
-            ET.SubElement(case, "error" if r.errored else "failure", message=r.message).text = body
+        case = ET.SubElement(suite, "testcase", classname=report.lab, name=_text(r.id), time=f"{r.duration:.2f}")
+        if r.state == "PASS":
+            continue
+        if r.state == "SKIP":
+            ET.SubElement(case, "skipped", message=_text(r.message))
+            continue
+        body = "\n".join([r.message, *shown(r.evidence)] + ([f"hint: {r.hint}"] if r.hint else []))
+        element = ET.SubElement(case, "error" if r.state == "ERROR" else "failure", message=_text(r.message),
+                                type=r.state)
+        element.text = _text(body)
     if report.notes:
-        ET.SubElement(suite, "system-out").text = "\n".join(report.notes)
+        ET.SubElement(suite, "system-out").text = _text("\n".join(report.notes))
+    logs = report.logs_to_show()
+    if logs:
+        ET.SubElement(suite, "system-err").text = _text(
+            "\n".join(f"--- {name} ---\n{plain(log).rstrip()}" for name, log in logs.items()))
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
