@@ -6,8 +6,14 @@ Two network modes:
   the container shares the host's network and listens on a free port on 127.0.0.1. Testcontainers'
   port lookups do not work there, so this runtime picks and reports 127.0.0.1:<port> itself.
 Images come from LABKIT_IMAGE_<KIND> (official images by default), so CI and offline workshops can
-use locally built ones. Ryuk is off (its image cannot be pulled everywhere): containers carry the
-label labkit=1 and are removed by stop(), or by `.ci/docker.sh cleanup`.
+use locally built ones. Ryuk is off unless TESTCONTAINERS_RYUK_DISABLED says otherwise (its image
+cannot be pulled everywhere): containers are removed by stop(), by the guardian if this process is
+killed, and carry the label labkit=1 for `.ci/docker.sh cleanup`.
+
+Testcontainers' per-service modules (KafkaContainer, PostgresContainer, ...) are not used: their
+readiness waits read mapped ports, which host networking does not have, and they pin each image's
+own configuration. DockerContainer plus the shared real-request probes works for both modes and for
+the official images as well as the CI ones.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from . import probes  # noqa: E402
 from .base import Server, StackError  # noqa: E402
 from .procs import Guardian, free_port  # noqa: E402
 
+# Official images, the same defaults as compose/infra.yaml.
 IMAGES = {
     "kafka": "apache/kafka:3.9.1",
     "postgres": "postgres:17",
@@ -30,6 +37,7 @@ IMAGES = {
     "rabbitmq": "rabbitmq:3-management",
 }
 LABEL = {"labkit": "1"}
+NETWORK_MODES = ("host", "bridge")
 
 
 def image(kind: str) -> str:
@@ -37,24 +45,30 @@ def image(kind: str) -> str:
 
 
 def network_mode() -> str:
+    """LABKIT_DOCKER_NETWORK, else host when the daemon has no bridge network (CI), else bridge."""
     mode = os.environ.get("LABKIT_DOCKER_NETWORK")
     if mode:
+        if mode not in NETWORK_MODES:
+            raise StackError(f"LABKIT_DOCKER_NETWORK={mode!r}: use 'host' or 'bridge'")
         return mode
     import docker
 
-    client = docker.from_env()
     try:
-        return "bridge" if any(n.name == "bridge" for n in client.networks.list()) else "host"
-    finally:
-        client.close()
+        client = docker.from_env(timeout=10)
+        try:
+            return "bridge" if any(n.name == "bridge" for n in client.networks.list()) else "host"
+        finally:
+            client.close()
+    except docker.errors.DockerException as e:
+        raise StackError(f"the docker runtime needs a Docker daemon that answers: {e}") from None
 
 
 class DockerServer(Server):
-    container_port: ClassVar[int]
+    container_port: ClassVar[int]  # where the official image listens (bridge mode)
 
     def __init__(self, network: str) -> None:
         self.network = network
-        self.port = 0
+        self.port = 0  # on 127.0.0.1 of the host, in both modes
         self.container: DockerContainer | None = None
         self.container_id = ""
 
@@ -68,31 +82,37 @@ class DockerServer(Server):
         return self.port if self.host_network else self.container_port
 
     def configure(self, container: DockerContainer) -> DockerContainer:
+        """Add the kind's env and command; called with self.port chosen."""
         raise NotImplementedError
 
     def start(self, timeout: float) -> None:
         self.port = free_port()
-        container = DockerContainer(image(self.kind))
+        container = DockerContainer(image(self.kind)).with_name(f"labkit-{self.kind}-{self.port}")
         if self.host_network:
             container.with_kwargs(network_mode="host", labels=LABEL)
         else:
-            container.with_kwargs(labels=LABEL).with_bind_ports(self.container_port, self.port)
+            container.with_kwargs(labels=LABEL).with_bind_ports(self.container_port, ("127.0.0.1", self.port))
         self.container = self.configure(container)
         try:
             self.container.start()
-        except Exception as e:  # image missing, daemon refusing, port taken: say which server
+        except Exception as e:  # image missing, daemon refusing, name taken: say which server
             self.stop()
             raise StackError(f"{self.kind}: could not start a container from {image(self.kind)}: {e}") from None
         self.container_id = self.container.get_wrapped_container().id
         Guardian.get().watch_container(self.container_id)  # removed even if this process is killed
         self._wait_ready(timeout)
 
+    def _wrapped(self):
+        if self.container is None:
+            raise StackError(f"{self.kind}: not started")
+        return self.container.get_wrapped_container()
+
     def _wait_ready(self, timeout: float) -> None:
         def ready() -> bool:
-            wrapped = self.container.get_wrapped_container()
+            wrapped = self._wrapped()
             wrapped.reload()
             if wrapped.status == "exited":
-                raise StackError(f"{self.kind} container exited:\n{self.logs()}")
+                raise StackError(f"{self.kind} container exited")
             return probes.probe(self.kind, self.url)
 
         try:
@@ -104,41 +124,51 @@ class DockerServer(Server):
 
     def logs(self, lines: int = 20) -> str:
         try:
-            out = self.container.get_wrapped_container().logs(tail=lines)
-            return out.decode(errors="replace")
+            return self._wrapped().logs(tail=lines).decode(errors="replace")
         except Exception:
             return "(no log)"
 
     def stop(self) -> None:
         if self.container is not None:
             try:
-                self.container.stop()  # removes the container and its anonymous volumes
+                self.container.stop()  # docker rm -f -v: the container and its anonymous volumes
             except Exception:
-                pass
+                pass  # already gone
             self.container = None
-            Guardian.get().forget_container(self.container_id)
+            if self.container_id:
+                Guardian.get().forget_container(self.container_id)
+                self.container_id = ""
 
     def pids(self) -> list[int]:
-        if self.container is None:
-            return []
-        wrapped = self.container.get_wrapped_container()
+        """The container's main process as the host sees it (0 while it is not running)."""
+        wrapped = self._wrapped()
         wrapped.reload()
         pid = wrapped.attrs["State"]["Pid"]
         return [pid] if pid else []
 
+    # Faults, the Docker way. The container and its files stay, so a restart keeps the data
+    # (PostgreSQL's, RabbitMQ's durable queues; Tansu keeps its data in memory and loses it).
     def kill(self) -> None:
-        """docker kill: SIGKILL to the server; the container (and its files) stays."""
-        self.container.get_wrapped_container().kill()
+        """docker kill: SIGKILL to the server."""
+        self._wrapped().kill()
 
     def restart(self, timeout: float = 60) -> None:
-        self.container.get_wrapped_container().restart(timeout=5)
+        """docker restart (stops it first if it runs), then wait until it answers again."""
+        self._wrapped().restart(timeout=5)
         self._wait_ready(timeout)
+
+    def pause(self) -> None:
+        """docker pause: freeze every process; connections stay open but nothing answers."""
+        self._wrapped().pause()
+
+    def unpause(self) -> None:
+        self._wrapped().unpause()
 
 
 class DockerKafka(DockerServer):
     kind = "kafka"
     container_port = 9092
-    advertised_port: int | None = None  # see NativeKafka: set to route clients through a fault proxy
+    advertised_port: int | None = None  # as NativeKafka: set to route clients through a fault proxy
 
     @property
     def url(self) -> str:
@@ -147,7 +177,7 @@ class DockerKafka(DockerServer):
     def configure(self, c: DockerContainer) -> DockerContainer:
         host = "127.0.0.1" if self.host_network else "0.0.0.0"
         controller = free_port() if self.host_network else 9093
-        # Official apache/kafka (KRaft, one node) reads these; labkit/kafka (Tansu) the first two.
+        # Official apache/kafka (KRaft, one node) reads all of these; labkit/kafka (Tansu) the first two.
         env = {
             "KAFKA_LISTENERS": f"PLAINTEXT://{host}:{self.listen_port},CONTROLLER://{host}:{controller}",
             "KAFKA_ADVERTISED_LISTENERS": f"PLAINTEXT://127.0.0.1:{self.advertised_port or self.port}",
@@ -175,11 +205,13 @@ class DockerPostgres(DockerServer):
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def configure(self, c: DockerContainer) -> DockerContainer:
+        # Same settings as NativePostgres. PGPORT too: the official entrypoint's init steps use it.
         command = ["postgres", "-p", str(self.listen_port), "-c", "wal_level=logical", "-c", "fsync=off",
                    "-c", "max_replication_slots=20", "-c", "max_wal_senders=20", "-c", "max_connections=200"]
         if self.host_network:
             command += ["-c", "listen_addresses=127.0.0.1"]
-        return c.with_env("POSTGRES_HOST_AUTH_METHOD", "trust").with_command(command)
+        return (c.with_env("POSTGRES_HOST_AUTH_METHOD", "trust").with_env("PGPORT", str(self.listen_port))
+                .with_command(command))
 
 
 class DockerRedis(DockerServer):
@@ -208,8 +240,11 @@ class DockerRabbitMQ(DockerServer):
 
     def configure(self, c: DockerContainer) -> DockerContainer:
         c.with_env("RABBITMQ_NODE_PORT", str(self.listen_port))
-        if self.host_network:  # the host's own RabbitMQ may hold 4369/25672: take private ones
+        if self.host_network:
+            # The host's own RabbitMQ may hold 4369/25672/15672: take private ports for epmd,
+            # distribution and (official -management image) the management UI.
             c.with_env("RABBITMQ_DIST_PORT", str(free_port())).with_env("ERL_EPMD_PORT", str(free_port()))
+            c.with_env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", f"-rabbitmq_management tcp_config [{{port,{free_port()}}}]")
         return c
 
 
@@ -219,7 +254,6 @@ SERVERS: dict[str, type[DockerServer]] = {
 
 
 def docker_servers(kinds: list[str]) -> dict[str, Server]:
+    """One not-yet-started container server per kind, all in the same network mode."""
     mode = network_mode()
-    if mode not in ("host", "bridge"):
-        raise StackError(f"LABKIT_DOCKER_NETWORK={mode!r}: use 'host' or 'bridge'")
     return {kind: SERVERS[kind](mode) for kind in kinds}

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 
 from grader.lab import find_lab
 from grader.runner import grade
-from grader.stack import make_stack
+from grader.stack import StackError, make_stack
+from grader.wait import wait_until
 from tests.docker.conftest import labkit_containers
 from tests.roundtrips import ROUNDTRIPS
 from tests.test_lab1_grader import MUTANTS, summary
@@ -38,6 +40,24 @@ def test_postgres_kill_and_restart_keeps_data():
         pg.restart()
         with psycopg.connect(pg.url) as conn:
             assert conn.execute("SELECT count(*) FROM survives").fetchone()[0] == 1
+
+
+def test_redis_pause_freezes_and_unpause_resumes():
+    with make_stack(["redis"], "docker") as stack:
+        server = stack.servers["redis"]
+        client = redis.Redis.from_url(server.url, socket_timeout=1)
+        assert client.ping()
+        server.pause()
+        with pytest.raises(redis.TimeoutError):
+            client.ping()
+        server.unpause()
+        assert wait_until(client.ping, 10, "redis answers after unpause", ignore=(redis.RedisError,))
+
+
+def test_unknown_network_mode_is_refused(monkeypatch):
+    monkeypatch.setenv("LABKIT_DOCKER_NETWORK", "overlay")
+    with pytest.raises(StackError, match="LABKIT_DOCKER_NETWORK"):
+        make_stack(["redis"], "docker")
 
 
 def test_stop_leaves_no_container():
