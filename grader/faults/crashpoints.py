@@ -4,9 +4,21 @@ The service is started with crashsite/ first on PYTHONPATH; its sitecustomize.py
 call named by LABKIT_CRASH=<point>:<when>:<nth> and, when the Nth call comes, writes a marker file
 (so the grader knows the crash was the planned one) and kills its own process with SIGKILL.
 
-Points: consumer-ack (confluent_kafka Consumer.commit and Consumer.store_offsets), producer-flush,
-producer-produce, db-commit (psycopg Connection.commit, an outermost `with conn.transaction()`, and
-`with psycopg.connect() as conn` exit), amqp-ack (pika BlockingChannel.basic_ack).
+What each point counts (calls in one process; a restarted process counts from 1 again):
+- consumer-ack: confluent_kafka Consumer.commit and Consumer.store_offsets, together (whichever the
+  service uses), also on DeserializingConsumer and the asyncio AIOConsumer. "after" an asynchronous
+  commit (the default!) or a store_offsets means the request was queued, not that the broker has it.
+- producer-flush / producer-produce: Producer.flush / Producer.produce (also SerializingProducer).
+  "after" produce means queued in the client, not delivered. AIOProducer's batched sends are not counted.
+- db-commit: psycopg 3 Connection.commit() with a transaction open - which is also what
+  `with psycopg.connect(...) as conn` and `with pool.connection() as conn` do on exit - and leaving an
+  outermost `with conn.transaction():` block without an error; the same for AsyncConnection.
+  Not counted: a literal `conn.execute("COMMIT")`, psycopg2, SQLAlchemy sessions on other drivers.
+- amqp-ack: pika BlockingChannel.basic_ack. "after" waits for a synchronous no-op on the channel
+  first, so the broker has processed the ack before the process dies.
+
+The hook is skipped by interpreters started with -I or -S, and by one that finds another
+sitecustomize earlier on its path (then put crash_env's PYTHONPATH first).
 """
 from __future__ import annotations
 
@@ -19,6 +31,10 @@ POINTS = ("consumer-ack", "producer-flush", "producer-produce", "db-commit", "am
 
 
 def crash_env(point: str, when: str, nth: int, marker: str | Path) -> dict[str, str]:
+    """Env entries for the service's next life: crash at its `nth` `point` call, `when` before/after it.
+
+    Keeps the grader's own PYTHONPATH after the crash site; removes a stale marker.
+    """
     if point not in POINTS:
         raise ValueError(f"unknown crash point {point!r}; known: {', '.join(POINTS)}")
     if when not in ("before", "after") or nth < 1:
@@ -29,7 +45,8 @@ def crash_env(point: str, when: str, nth: int, marker: str | Path) -> dict[str, 
 
 
 def crash_reached(marker: str | Path) -> dict | None:
-    """What the crashed process wrote before dying, or None if it died some other way."""
+    """What the crashed process wrote before dying ({point, when, nth, pid, time}), or None if it
+    never reached the crash point (it is still running, or died some other way)."""
     try:
         return json.loads(Path(marker).read_text())
     except (OSError, ValueError):

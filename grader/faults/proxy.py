@@ -1,7 +1,8 @@
 """A TCP fault proxy for the native runtime: cut, delay and reset the path to a server.
 
-Runs asyncio in a background thread. Kafka clients only stay behind it if the broker advertises
-the proxy's address (see NativeKafka.advertised_port).
+Runs asyncio in a background thread; every method is safe to call from any thread. Kafka clients
+only stay behind it if the broker advertises the proxy's address: start the broker with its
+advertised port set to the proxy's listen port (NativeKafka.advertised_port; the runner does this).
 """
 from __future__ import annotations
 
@@ -10,18 +11,22 @@ import socket
 import struct
 import threading
 
+CHUNK = 65536
+QUEUED_CHUNKS = 64  # per direction while delayed: back-pressure instead of unbounded buffering
+
 
 class TcpProxy:
     def __init__(self, upstream_host: str, upstream_port: int, listen_port: int = 0) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.listen_port = listen_port
         self.port = 0
-        self.connections_total = 0
-        self.bytes_up = 0
-        self.bytes_down = 0
+        self.connections_total = 0  # accepted and connected upstream
+        self.bytes_up = 0  # client -> server, forwarded
+        self.bytes_down = 0  # server -> client, forwarded
         self._cut = False
         self._delay = 0.0
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._tasks: set[asyncio.Task] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
         self._server: asyncio.AbstractServer | None = None
@@ -36,13 +41,19 @@ class TcpProxy:
     def stop(self) -> None:
         if not self._thread.is_alive():
             return
+
         async def shutdown() -> None:
             if self._server:
                 self._server.close()
             self._abort_all(rst=False)
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
         self._call(shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
     def __enter__(self) -> "TcpProxy":
         return self.start()
@@ -52,7 +63,8 @@ class TcpProxy:
 
     # --- faults ---
     def cut(self) -> None:
-        """A partition: open connections are reset and new ones refused until heal()."""
+        """A partition: open connections are reset, new ones are reset as soon as they arrive
+        (to a client that is a refused connection) until heal()."""
         self._cut = True
         self._loop.call_soon_threadsafe(self._abort_all, True)
 
@@ -60,60 +72,95 @@ class TcpProxy:
         self._cut = False
 
     def delay(self, ms: int) -> None:
-        """Added latency per chunk, each way (0 clears it)."""
-        self._delay = ms / 1000
+        """Added latency for every chunk, each way (0 clears it). Latency, not a bandwidth cap:
+        chunks in flight are delayed together."""
+        self._delay = max(ms, 0) / 1000
 
     def reset(self) -> None:
         """Reset (RST) every open connection; new ones are still accepted."""
         self._loop.call_soon_threadsafe(self._abort_all, True)
 
-    # --- internals ---
+    # --- internals (all on the proxy's loop) ---
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
     def _abort_all(self, rst: bool) -> None:
-        for writer in list(self._writers):
+        for pair in list(self._pairs):
+            self._abort_pair(pair, rst)
+
+    def _abort_pair(self, pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter], rst: bool) -> None:
+        self._pairs.discard(pair)
+        for writer in pair:
             _abort(writer, rst)
-        self._writers.clear()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._cut:
             _abort(writer, rst=True)
             return
+        task = asyncio.current_task()
+        self._tasks.add(task)
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            _abort(writer, rst=True)
-            return
-        self.connections_total += 1
-        self._writers.update((writer, up_writer))
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer, "bytes_up"), self._pipe(up_reader, writer, "bytes_down"))
-        finally:
-            for w in (writer, up_writer):
-                self._writers.discard(w)
+            try:
+                up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*self.upstream), 10)
+            except (OSError, asyncio.TimeoutError):
+                _abort(writer, rst=True)  # the server is down: so is the path to it
+                return
+            pair = (writer, up_writer)
+            if self._cut:  # cut while we were connecting
+                self._abort_pair(pair, rst=True)
+                return
+            self.connections_total += 1
+            self._pairs.add(pair)
+            await asyncio.gather(self._pipe(reader, up_writer, "bytes_up", pair),
+                                 self._pipe(up_reader, writer, "bytes_down", pair))
+            self._pairs.discard(pair)
+            for w in pair:
                 w.close()
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counter: str) -> None:
-        try:
-            while data := await reader.read(65536):
-                if self._delay:
-                    await asyncio.sleep(self._delay)
-                if self._cut:
-                    break
-                setattr(self, counter, getattr(self, counter) + len(data))
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError, asyncio.IncompleteReadError):
-            pass
         finally:
-            _abort(writer, rst=False) if self._cut else writer.close()
+            self._tasks.discard(task)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counter: str,
+                    pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter]) -> None:
+        """One direction. A receiver stamps each chunk with its due time, so a delay adds latency
+        without serialising the chunks; EOF is passed on as a half close, a reset as a reset."""
+        chunks: asyncio.Queue = asyncio.Queue(QUEUED_CHUNKS)
+
+        async def receive() -> None:
+            try:
+                while data := await reader.read(CHUNK):
+                    await chunks.put((self._loop.time() + self._delay, data))
+                await chunks.put((0.0, b""))
+            except (ConnectionError, OSError):
+                await chunks.put((0.0, None))
+
+        receiver = asyncio.ensure_future(receive())
+        try:
+            while True:
+                due, data = await chunks.get()
+                if data is None or self._cut:
+                    self._abort_pair(pair, rst=True)
+                    return
+                if not data:
+                    if not writer.is_closing() and writer.can_write_eof():
+                        writer.write_eof()
+                    return
+                if (wait := due - self._loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                if self._cut or writer.is_closing():
+                    return
+                writer.write(data)
+                setattr(self, counter, getattr(self, counter) + len(data))
+                await writer.drain()
+        except (ConnectionError, OSError):
+            self._abort_pair(pair, rst=True)
+        finally:
+            receiver.cancel()
 
 
 def _abort(writer: asyncio.StreamWriter, rst: bool) -> None:
     sock = writer.get_extra_info("socket")
     if rst and sock is not None:
-        try:  # linger 0: close() sends RST instead of FIN
+        try:  # linger 0: closing sends RST instead of FIN
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass

@@ -1,6 +1,10 @@
-"""Injected by the labkit grader (see grader/faults/crashpoints.py). Does nothing unless
-LABKIT_CRASH is set; then SIGKILLs this process at the named call. Chains to any other
-sitecustomize on the path so the learner's environment behaves as usual."""
+"""Injected by the labkit grader (see grader/faults/crashpoints.py).
+
+Does nothing unless LABKIT_CRASH=<point>:<when>:<nth> is set; then counts the calls named by the
+point and, at the Nth, writes LABKIT_CRASH_MARKER and SIGKILLs this process, before or after the
+real call. Chains to any other sitecustomize on the path so the service's environment is as usual.
+Never breaks the process: a missing library means that point simply never fires.
+"""
 import os
 
 
@@ -9,77 +13,126 @@ def _install(spec: str) -> None:
     import json
     import signal
     import threading
+    import time
 
     point, when, nth = spec.split(":")
     nth = int(nth)
-    count = [0]
+    if when not in ("before", "after") or nth < 1:
+        raise ValueError(spec)
+    calls = [0]
     lock = threading.Lock()
+
+    def due() -> bool:
+        with lock:  # services call from many threads; exactly one call is the Nth
+            calls[0] += 1
+            return calls[0] == nth
 
     def die() -> None:
         marker = os.environ.get("LABKIT_CRASH_MARKER")
-        if marker:
-            with open(marker, "w") as f:
-                json.dump({"point": point, "when": when, "nth": nth, "pid": os.getpid()}, f)
+        if marker:  # written whole, then renamed: a reader never sees half of it
+            with open(f"{marker}.{os.getpid()}.tmp", "w") as f:
+                json.dump({"point": point, "when": when, "nth": nth, "pid": os.getpid(), "time": time.time()}, f)
+            os.replace(f.name, marker)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def wrap(fn):
+    def wrap(fn, counts=None, settle=None):
+        """fn, counting the calls for which counts(*args, **kwargs) is true (all if None).
+        settle(*args, **kwargs) runs after the real call, before dying, so its effect is known to be done."""
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
-            with lock:
-                count[0] += 1
-                due = count[0] == nth
-            if due and when == "before":
+            fire = (counts is None or counts(*args, **kwargs)) and due()
+            if fire and when == "before":
                 die()
             result = fn(*args, **kwargs)
-            if due and when == "after":
+            if fire:
+                if settle is not None:
+                    try:
+                        settle(*args, **kwargs)
+                    except Exception:
+                        pass
+                die()
+            return result
+        return wrapper
+
+    def awrap(fn, counts):
+        @functools.wraps(fn)
+        async def wrapper(*args, **kwargs):
+            fire = counts(*args, **kwargs) and due()
+            if fire and when == "before":
+                die()
+            result = await fn(*args, **kwargs)
+            if fire:
                 die()
             return result
         return wrapper
 
     if point in ("consumer-ack", "producer-flush", "producer-produce"):
-        try:
-            import confluent_kafka
-        except ImportError:
-            return
-        if point == "consumer-ack":
-            base = confluent_kafka.Consumer  # a C type: methods cannot be patched, so subclass it
-            confluent_kafka.Consumer = type("Consumer", (base,), {
-                "commit": wrap(base.commit), "store_offsets": wrap(base.store_offsets)})
-        else:
-            base = confluent_kafka.Producer
-            name = point.split("-")[1]
-            confluent_kafka.Producer = type("Producer", (base,), {name: wrap(getattr(base, name))})
+        _kafka(point, wrap)
     elif point == "db-commit":
-        try:
-            import psycopg
-        except ImportError:
-            return
-        psycopg.Connection.commit = wrap(psycopg.Connection.commit)
-        exit_conn = psycopg.Connection.__exit__
-
-        def conn_exit(self, exc_type, *rest):
-            if exc_type is None and not self.closed and not self.autocommit:
-                return wrap_once(lambda: exit_conn(self, exc_type, *rest))
-            return exit_conn(self, exc_type, *rest)
-
-        exit_tx = psycopg.Transaction.__exit__
-
-        def tx_exit(self, exc_type, *rest):
-            outermost = getattr(self, "_outer_transaction", False)
-            if exc_type is None and outermost:
-                return wrap_once(lambda: exit_tx(self, exc_type, *rest))
-            return exit_tx(self, exc_type, *rest)
-
-        wrap_once = wrap(lambda call: call())
-        psycopg.Connection.__exit__ = conn_exit
-        psycopg.Transaction.__exit__ = tx_exit
+        _psycopg(wrap, awrap)
     elif point == "amqp-ack":
-        try:
-            from pika.adapters import blocking_connection
-        except ImportError:
-            return
-        channel = blocking_connection.BlockingChannel
-        channel.basic_ack = wrap(channel.basic_ack)
+        _pika(wrap)
+    else:
+        raise ValueError(spec)
+
+
+def _kafka(point, wrap) -> None:
+    try:
+        import confluent_kafka
+    except ImportError:
+        return
+    if point == "consumer-ack":
+        base, names, serde = confluent_kafka.Consumer, ("commit", "store_offsets"), "DeserializingConsumer"
+    else:
+        base, names, serde = confluent_kafka.Producer, (point.split("-")[1],), "SerializingProducer"
+    # Consumer/Producer are C types whose methods cannot be replaced: hand out a subclass instead.
+    # (The asyncio wrappers in confluent_kafka.aio look the class up at call time, so they get it too.)
+    sub = type(base.__name__, (base,), {name: wrap(getattr(base, name)) for name in names})
+    sub.__module__ = base.__module__
+    setattr(confluent_kafka, base.__name__, sub)
+    python_class = getattr(confluent_kafka, serde, None)  # subclasses the C type directly: patch in place
+    if python_class is not None:
+        for name in names:
+            setattr(python_class, name, wrap(getattr(python_class, name)))
+
+
+def _psycopg(wrap, awrap) -> None:
+    """A commit is: Connection.commit() with a transaction open (also what `with connect() as conn`
+    and `with pool.connection()` call on exit), or leaving an outermost `with conn.transaction()`
+    block without an error. Sync and async connections alike."""
+    try:
+        import psycopg
+        from psycopg.pq import ConnStatus, TransactionStatus
+    except ImportError:
+        return
+
+    def commits(conn, *args, **kwargs) -> bool:
+        return (conn.pgconn.transaction_status != TransactionStatus.IDLE
+                and not getattr(conn, "_num_transactions", 0) and not getattr(conn, "_tpc", None))
+
+    def tx_commits(tx, exc_type=None, *args, **kwargs) -> bool:
+        return (exc_type is None and getattr(tx, "_outer_transaction", False)
+                and not getattr(tx, "force_rollback", False) and tx.pgconn.status == ConnStatus.OK)
+
+    psycopg.Connection.commit = wrap(psycopg.Connection.commit, commits)
+    psycopg.Transaction.__exit__ = wrap(psycopg.Transaction.__exit__, tx_commits)
+    psycopg.AsyncConnection.commit = awrap(psycopg.AsyncConnection.commit, commits)
+    psycopg.AsyncTransaction.__aexit__ = awrap(psycopg.AsyncTransaction.__aexit__, tx_commits)
+
+
+def _pika(wrap) -> None:
+    try:
+        from pika.adapters.blocking_connection import BlockingChannel
+    except ImportError:
+        return
+
+    def broker_has_it(channel, *args, **kwargs) -> None:
+        # basic.ack has no reply, and a socket closed with unread input is reset, which could drop
+        # an ack still in the send queue (not seen on loopback, but cheap to rule out). A synchronous
+        # no-op on the same channel proves the broker processed the ack: it handles them in order.
+        channel.exchange_declare("amq.direct", exchange_type="direct", passive=True)
+
+    BlockingChannel.basic_ack = wrap(BlockingChannel.basic_ack, settle=broker_has_it)
 
 
 def _chain() -> None:
@@ -97,5 +150,9 @@ def _chain() -> None:
 
 
 if os.environ.get("LABKIT_CRASH"):
-    _install(os.environ["LABKIT_CRASH"])
+    try:
+        _install(os.environ["LABKIT_CRASH"])
+    except Exception as e:  # a grader bug must not take the learner's service down with it
+        import sys
+        print(f"labkit crashsite: not installed ({e!r})", file=sys.stderr)
 _chain()
