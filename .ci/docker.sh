@@ -105,14 +105,22 @@ SOURCE_DATE_EPOCH=315532800 quiet .venv/bin/pip wheel --no-deps -w compose/image
 rm -rf "$src"
 step "build contexts"
 
-for name in $IMAGES; do
-  ctx=compose/images/$name
+# The images build in parallel (each mostly waits on apt downloads); each reports its own time.
+build_image() {
+  local name=$1 ctx=compose/images/$1 sum s
+  s=$(date +%s)
   sum=$(cd "$ctx" && find . -type f ! -name .deps -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
   if [ "$(docker image inspect -f '{{index .Config.Labels "labkit.context"}}' "labkit/$name" 2>/dev/null)" != "$sum" ]; then
-    quiet docker build --network host --force-rm --label labkit.context="$sum" -t "labkit/$name" "$ctx"
+    quiet docker build --network host --force-rm --label labkit.context="$sum" -t "labkit/$name" "$ctx" || return 1
   fi
-  step "image labkit/$name"
-done
+  echo "docker.sh:   image labkit/$name ($(( $(date +%s) - s ))s)"
+}
+pids=()
+for name in $IMAGES; do build_image "$name" & pids+=($!); done
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+[ "$failed" = 0 ] || { echo "docker.sh: an image failed to build (output above)"; exit 1; }
+step "images"
 docker image prune -f --filter label=labkit.context >/dev/null  # the images these builds replaced
 
 cat > "$ENV_FILE" <<ENV
