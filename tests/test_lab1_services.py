@@ -12,12 +12,15 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from grader.faults.duplicates import read_all
 from grader.kafka import CLIENT_DEFAULTS, QUIET, ensure_topics, group_lag
@@ -32,13 +35,52 @@ SUBMISSIONS = [LAB.reference, LAB.starter] + sorted(p.parent for p in MUTANTS.gl
 PUBLISH_TIMEOUT_MS = 2000
 
 
+class SpanSink(ThreadingHTTPServer):
+    """The smallest OTLP/HTTP (protobuf) trace receiver: keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, object]] = []  # (service.name, Span)
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                request = ExportTraceServiceRequest.FromString(self.rfile.read(int(self.headers["Content-Length"])))
+                for resource_spans in request.resource_spans:
+                    service = next(a.value.string_value for a in resource_spans.resource.attributes
+                                   if a.key == "service.name")
+                    sink.spans += [(service, span) for scope in resource_spans.scope_spans for span in scope.spans]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Run:
+def spans():
+    sink = SpanSink()
+    yield sink
+    sink.shutdown()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, spans) -> Run:
     """The stack (Kafka behind a fault proxy), topics, and the reference services, running."""
     with ExitStack() as resources:
         run = prepare(LAB, LAB.reference, "native", seed=0, out_dir=tmp_path_factory.mktemp("lab1"),
                       resources=resources)
         run.services["order_api"].env["ORDER_API_PUBLISH_TIMEOUT_MS"] = str(PUBLISH_TIMEOUT_MS)
+        for service in run.services.values():
+            service.env.update(OTEL_EXPORTER_OTLP_ENDPOINT=spans.endpoint, OTEL_BSP_SCHEDULE_DELAY="200")
         for service in run.services.values():
             service.start()
         run.services["order_api"].wait_healthy()
@@ -325,6 +367,28 @@ def test_broker_unavailable_is_503_and_a_retry_with_the_key_places_one_order(run
     wait_row(run, retried.json()["order_id"], "placed")
     caught_up(run)
     assert totals(run, c) == (1, 5000)
+
+
+def test_one_trace_from_the_request_to_the_read_model(run, api, spans):
+    """SERVER span (order_api) -> PRODUCER span -> CONSUMER span (read_model), over OTLP/HTTP."""
+    order_id = post(api, "/orders", {"customer_id": customer(), "amount_cents": 77}).json()["order_id"]
+    wait_row(run, order_id, "placed")
+
+    def trace_of_order():
+        producer = [s for _, s in spans.spans if s.kind == Span.SPAN_KIND_PRODUCER and any(
+            a.key == "messaging.kafka.message.key" and a.value.string_value == order_id for a in s.attributes)]
+        if not producer:
+            return None
+        in_trace = [(svc, s) for svc, s in spans.spans if s.trace_id == producer[0].trace_id]
+        kinds = {(svc, s.kind) for svc, s in in_trace}
+        return in_trace if {("order_api", Span.SPAN_KIND_SERVER), ("read_model", Span.SPAN_KIND_CONSUMER)} <= kinds else None
+
+    in_trace = wait_until(trace_of_order, 20, f"the spans of order {order_id}")
+    by_kind = {s.kind: s for _, s in in_trace}
+    server, producer, consumer = (by_kind[k] for k in (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_PRODUCER,
+                                                       Span.SPAN_KIND_CONSUMER))
+    assert producer.parent_span_id == server.span_id
+    assert consumer.parent_span_id == producer.span_id
 
 
 # --- every submission dir starts ---------------------------------------------------------------

@@ -3,11 +3,13 @@ models, the orders it has placed, and the FastAPI/uvicorn wiring around an `Orde
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from typing import Callable
 
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from opentelemetry import trace
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -21,6 +23,7 @@ from .events import make_event, storable_text
 from .publisher import PublishError, Publisher
 
 log = get_logger("order_api")
+tracer = trace.get_tracer("order_api")
 
 REGISTRY_SCHEMA = """
 CREATE TABLE IF NOT EXISTS order_api_orders (
@@ -94,6 +97,27 @@ class OrderApiBase:
         raise NotImplementedError
 
 
+def traced(route: str, handler: Callable[..., Response], *args) -> Response:
+    """Run a handler in a server span (on the worker thread, so the publish span nests in it)."""
+    with tracer.start_as_current_span(f"POST {route}", kind=trace.SpanKind.SERVER, record_exception=False,
+                                      set_status_on_exception=False,
+                                      attributes={"http.request.method": "POST", "http.route": route}) as span:
+        try:
+            response = handler(*args)
+            status = response.status_code
+            return response
+        except ApiError as e:
+            status = e.status
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:  # a 4xx is the client's error, not this server's (HTTP semantic conventions)
+                span.set_status(trace.StatusCode.ERROR)
+
+
 def create_app(api_class: type[OrderApiBase], publisher_class: type[Publisher] = Publisher) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -112,12 +136,13 @@ def create_app(api_class: type[OrderApiBase], publisher_class: type[Publisher] =
     @app.post("/orders")
     async def place(request: Request) -> JSONResponse:
         body = await request.body()  # raw bytes: the API validates (and fingerprints) them itself
-        return await run_in_threadpool(request.app.state.api.place, request.headers.get("idempotency-key"), body)
+        return await run_in_threadpool(traced, "/orders", request.app.state.api.place,
+                                       request.headers.get("idempotency-key"), body)
 
     @app.post("/orders/{order_id}/cancel")
     async def cancel(order_id: str, request: Request) -> JSONResponse:
         body = await request.body()
-        return await run_in_threadpool(request.app.state.api.cancel, order_id,
+        return await run_in_threadpool(traced, "/orders/{order_id}/cancel", request.app.state.api.cancel, order_id,
                                        request.headers.get("idempotency-key"), body)
 
     return app

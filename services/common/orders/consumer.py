@@ -11,16 +11,19 @@ import time
 
 import psycopg
 from confluent_kafka import KafkaError, Message
+from opentelemetry import trace
 
 from services.common import db, kafka
 from services.common.config import namespaced
 from services.common.lifecycle import install_signal_handlers, stopping
 from services.common.log import get_logger
+from services.common.telemetry import extract_headers, messaging_attributes
 from services.common.telemetry import setup as setup_telemetry
 
 from .projection import apply_event, create_schema
 
 log = get_logger("read_model")
+tracer = trace.get_tracer("read_model")
 
 
 class ReadModelLoop:
@@ -60,15 +63,23 @@ class ReadModelLoop:
         log.info("revoked %s", [p.partition for p in partitions])
 
     def process(self, msg: Message) -> None:
-        """handle() with retries on a lost database connection (the record is not skipped)."""
-        for attempt in range(1, 11):
-            try:
-                return self.handle(msg)
-            except psycopg.OperationalError as e:
-                log.warning("database error (attempt %d): %s; reconnecting", attempt, e)
-                time.sleep(min(0.2 * attempt, 2))  # back off before reconnecting
-                self.conn = db.connect()
-        raise RuntimeError("database unavailable; exiting so the record is redelivered")
+        """handle() in a span that continues the producer's trace, with retries on a lost database
+        connection (the record is not skipped)."""
+        with tracer.start_as_current_span(f"process {msg.topic()}", context=extract_headers(msg.headers()),
+                                          kind=trace.SpanKind.CONSUMER,
+                                          attributes=messaging_attributes("process", msg.topic(), msg.key())) as span:
+            span.set_attribute("messaging.kafka.offset", msg.offset())
+            span.set_attribute("messaging.destination.partition.id", str(msg.partition()))
+            for attempt in range(1, 11):
+                try:
+                    if self.conn.closed:
+                        self.conn = db.connect()
+                    return self.handle(msg)
+                except psycopg.OperationalError as e:
+                    log.warning("database error (attempt %d): %s; reconnecting", attempt, e)
+                    self.conn.close()
+                    time.sleep(min(0.2 * attempt, 2))  # back off before reconnecting
+            raise RuntimeError("database unavailable; exiting so the record is redelivered")
 
     def poll(self) -> list[Message]:
         msg = self.consumer.poll(0.5)

@@ -4,14 +4,17 @@ from __future__ import annotations
 import threading
 
 from confluent_kafka import KafkaError, KafkaException
+from opentelemetry import trace
 
 from services.common import kafka
 from services.common.config import env_int
 from services.common.log import get_logger
+from services.common.telemetry import inject_headers, messaging_attributes
 
 from .events import encode
 
 log = get_logger("order_api")
+tracer = trace.get_tracer("order_api")
 
 
 # Errors after which this producer's id/epoch is unusable for good. Seen on Tansu: once a message
@@ -46,6 +49,17 @@ class Publisher:
 
     def publish(self, event: dict) -> None:
         """Return once the broker acknowledged `event`; raise PublishError otherwise."""
+        with tracer.start_as_current_span(f"send {self.topic}", kind=trace.SpanKind.PRODUCER,
+                                          attributes=messaging_attributes("send", self.topic,
+                                                                          event["order_id"].encode())) as span:
+            span.set_attribute("order.event_id", event["event_id"])
+            try:
+                self._publish(event)
+            except PublishError as e:
+                span.set_status(trace.StatusCode.ERROR, str(e))
+                raise
+
+    def _publish(self, event: dict) -> None:
         done = threading.Event()
         outcome: list = []
 
@@ -54,6 +68,7 @@ class Publisher:
             done.set()
 
         key, value, headers = encode(event)
+        headers += inject_headers()
         try:
             with self._lock:
                 producer = self._producer
