@@ -386,3 +386,20 @@ def test_duplicate_picks_depend_only_on_the_seed(native_stack):
     first, second = fill_topic(bootstrap, 20, partitions=2), fill_topic(bootstrap, 20, partitions=2)
     assert inject_duplicates(bootstrap, first, 3, seed=7) == inject_duplicates(bootstrap, second, 3, seed=7)
     assert inject_duplicates(bootstrap, fill_topic(bootstrap, 0), 3, seed=7) == []
+
+
+def test_read_all_ends_at_a_transaction_marker(native_stack):
+    """A transactional producer leaves a commit marker as the last offset: no record ever has it."""
+    bootstrap = native_stack.url("kafka")
+    topic = fill_topic(bootstrap, 0)
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"tx-{uuid.uuid4().hex[:6]}", **QUIET})
+    producer.init_transactions(15)
+    producer.begin_transaction()
+    for i in range(3):
+        producer.produce(topic, key=f"k{i}", value=f"v{i}")
+    producer.commit_transaction(15)
+    assert end_offsets(bootstrap, topic) == {0: 4}  # three records and the marker
+    t0 = time.monotonic()
+    assert [m.value() for m in read_all(bootstrap, topic, timeout=20)] == [b"v0", b"v1", b"v2"]
+    assert time.monotonic() - t0 < 10
+    assert len(inject_duplicates(bootstrap, topic, 2, seed=1)) == 2
