@@ -18,6 +18,7 @@ the official images as well as the CI ones.
 from __future__ import annotations
 
 import os
+import secrets
 from typing import ClassVar
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
@@ -63,6 +64,10 @@ def network_mode() -> str:
         raise StackError(f"the docker runtime needs a Docker daemon that answers: {e}") from None
 
 
+class _NotReady(Exception):
+    """A readiness probe failed the way a starting server fails; keep polling."""
+
+
 class DockerServer(Server):
     container_port: ClassVar[int]  # where the official image listens (bridge mode)
 
@@ -87,11 +92,12 @@ class DockerServer(Server):
 
     def start(self, timeout: float) -> None:
         self.port = free_port()
-        container = DockerContainer(image(self.kind)).with_name(f"labkit-{self.kind}-{self.port}")
+        name = f"labkit-{self.kind}-{self.port}-{secrets.token_hex(2)}"  # readable in `docker ps`
+        container = DockerContainer(image(self.kind)).with_name(name)
         if self.host_network:
             container.with_kwargs(network_mode="host", labels=LABEL)
         else:
-            container.with_kwargs(labels=LABEL).with_bind_ports(self.container_port, ("127.0.0.1", self.port))
+            container.with_kwargs(labels=LABEL).with_bind_ports(self.container_port, ("127.0.0.1", self.port))  # docker-py: (ip, port)
         self.container = self.configure(container)
         try:
             self.container.start()
@@ -111,12 +117,15 @@ class DockerServer(Server):
         def ready() -> bool:
             wrapped = self._wrapped()
             wrapped.reload()
-            if wrapped.status == "exited":
-                raise StackError(f"{self.kind} container exited")
-            return probes.probe(self.kind, self.url)
+            if wrapped.status in ("exited", "dead"):  # fail now, not at the timeout
+                raise StackError(f"{self.kind} container {wrapped.status} (exit code {wrapped.attrs['State']['ExitCode']})")
+            try:
+                return probes.probe(self.kind, self.url)
+            except Exception as e:  # refused, reset, still starting: not yet
+                raise _NotReady(e) from e
 
         try:
-            wait_until(ready, timeout, f"{self.kind} in container {image(self.kind)}", ignore=(Exception,))
+            wait_until(ready, timeout, f"{self.kind} in container {image(self.kind)}", ignore=(_NotReady,))
         except (WaitTimeout, StackError) as e:
             logs = self.logs()
             self.stop()

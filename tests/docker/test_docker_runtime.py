@@ -1,6 +1,8 @@
 """The docker runtime on real containers: round trips, faults, cleanup, and the grader's verdicts."""
 from __future__ import annotations
 
+import os
+import time
 import tomllib
 from pathlib import Path
 
@@ -58,6 +60,16 @@ def test_unknown_network_mode_is_refused(monkeypatch):
     monkeypatch.setenv("LABKIT_DOCKER_NETWORK", "overlay")
     with pytest.raises(StackError, match="LABKIT_DOCKER_NETWORK"):
         make_stack(["redis"], "docker")
+
+
+def test_a_container_that_exits_fails_fast_with_its_log(monkeypatch):
+    monkeypatch.setenv("LABKIT_IMAGE_REDIS", os.environ.get("LABKIT_IMAGE_POSTGRES", "postgres:17"))  # wrong server
+    before = set(labkit_containers())
+    started = time.monotonic()
+    with pytest.raises(StackError, match="container log"):
+        make_stack(["redis"], "docker").start(timeout=60)
+    assert time.monotonic() - started < 30
+    assert set(labkit_containers()) <= before
 
 
 def test_stop_leaves_no_container():
