@@ -30,6 +30,7 @@ class Service:
     proc: ServerProcess | None = None
     restarts: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
+    died_on_its_own: bool = False  # exited without us stopping or killing it (a crash of the learner's code)
 
     @property
     def name(self) -> str:
@@ -48,8 +49,10 @@ class Service:
         """Start the process; `extra_env` (e.g. a crash point) applies to this life only."""
         self.extra_env = dict(extra_env or {})
         env = {**os.environ, **self.env, **self.spec.env, **self.extra_env}
+        # The crash hook (extra_env) goes first: a learner's own sitecustomize.py must not hide it
+        # (ours chains to theirs). It already carries the inherited PYTHONPATH.
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(self.submission), self.extra_env.get("PYTHONPATH"), os.environ.get("PYTHONPATH")) if p)
+            p for p in (self.extra_env.get("PYTHONPATH"), str(self.submission), os.environ.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("OTEL_SERVICE_NAME", self.name)
         if self.spec.http:
@@ -94,11 +97,18 @@ class Service:
     def kill(self) -> None:
         """SIGKILL: the crash a real deployment sees (no shutdown hooks run)."""
         if self.proc:
+            self._note_own_death()
             self.proc.kill()
 
     def stop(self, timeout: float = 10) -> None:
         if self.proc:
+            self._note_own_death()
             self.proc.stop(timeout=timeout)
+
+    def _note_own_death(self) -> None:
+        code = self.proc.popen.poll() if self.proc else None
+        if code is not None and code != -9:  # -9 at this point is a crash point we planted
+            self.died_on_its_own = True
 
     def restart(self, extra_env: dict[str, str] | None = None) -> "Service":
         self.kill()

@@ -78,6 +78,7 @@ def prepare(lab: Lab, submission: Path, runtime: str, seed: int, out_dir: Path, 
             say: Callable[[str], None] = lambda m: None, learner: bool = False) -> Run:
     """Stack, proxy, namespace, topics and (not yet started) services; cleanup goes on `resources`.
     `learner`: a live run (`make lab-N`), where auto on Docker means Compose."""
+    out_dir = out_dir.resolve()  # services run in the submission folder: every path we hand them is absolute
     out_dir.mkdir(parents=True, exist_ok=True)
     stack, proxy_port = _start_stack(lab, runtime, say, learner)
     resources.callback(stack.stop)
@@ -130,6 +131,7 @@ def grade(lab: Lab, submission: Path, runtime: str = "auto", seed: int | None = 
             ordered.append(CheckResult.error(spec.id, spec.title or spec.id, spec.points, reason, spec.hint or None))
     notes = (run.notes if run else []) + ([failure] if failure else [])
     logs = {name: s.log_tail() for name, s in run.services.items()} if run else {}
+    crashed = [name for name, s in run.services.items() if s.died_on_its_own] if run else []
     return RunReport(lab=lab.id, title=lab.title, submission=str(submission), seed=seed,
                      runtime=run.stack.runtime if run else runtime, started_at=started,
-                     duration=time.monotonic() - t0, results=ordered, notes=notes, logs=logs)
+                     duration=time.monotonic() - t0, results=ordered, notes=notes, logs=logs, crashed=crashed)

@@ -39,7 +39,8 @@ def crash_env(point: str, when: str, nth: int, marker: str | Path) -> dict[str, 
         raise ValueError(f"unknown crash point {point!r}; known: {', '.join(POINTS)}")
     if when not in ("before", "after") or nth < 1:
         raise ValueError("when is 'before' or 'after', nth counts from 1")
-    Path(marker).unlink(missing_ok=True)
+    marker = Path(marker).resolve()  # the service runs in another working directory
+    marker.unlink(missing_ok=True)
     path = os.pathsep.join(p for p in (str(CRASHSITE), os.environ.get("PYTHONPATH")) if p)
     return {"PYTHONPATH": path, "LABKIT_CRASH": f"{point}:{when}:{nth}", "LABKIT_CRASH_MARKER": str(marker)}
 
