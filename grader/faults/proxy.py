@@ -116,6 +116,10 @@ class TcpProxy:
             self._pairs.discard(pair)
             for w in pair:
                 w.close()
+        except asyncio.CancelledError:
+            # stop() cancels us. End normally: on Python 3.11 the stream server's done-callback
+            # calls task.exception() on a cancelled handler and logs a CancelledError traceback.
+            pass
         finally:
             self._tasks.discard(task)
 
