@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import random
 import time
+import traceback
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -118,6 +119,10 @@ def grade(lab: Lab, submission: Path, runtime: str = "auto", seed: int | None = 
             failure = f"a service failed: {e}"
         except StackError as e:
             failure = f"the infrastructure failed (not your code): {e}"
+        except Exception as e:  # a bug of the grader's own: report it, keep the traceback, never crash
+            (out_dir / "grader-error.txt").write_text(traceback.format_exc())
+            failure = (f"the grader itself failed ({type(e).__name__}: {e}); not your code - please report it "
+                       f"with {out_dir / 'grader-error.txt'}")
         finally:
             if run is not None:
                 run.history.dump_jsonl(out_dir / "history.jsonl")
