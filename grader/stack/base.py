@@ -26,6 +26,23 @@ ENV_VARS = {
 }
 KINDS = tuple(ENV_VARS)
 
+# Every runtime exposes its servers on 127.0.0.1; the URL of a kind depends only on the port.
+LOCAL_URLS = {
+    "kafka": "127.0.0.1:{port}",
+    "postgres": "postgresql://postgres@127.0.0.1:{port}/postgres",
+    "redis": "redis://127.0.0.1:{port}/0",
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:{port}/%2F",
+}
+
+# PostgreSQL settings every runtime starts with. fsync off for speed, but synchronous_commit
+# stays on: SQL logical decoding (pg_logical_slot_peek_changes) only sees flushed WAL.
+POSTGRES_SETTINGS = ["-c", "wal_level=logical", "-c", "max_replication_slots=20", "-c", "max_wal_senders=20",
+                     "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"]
+
+
+def local_url(kind: str, port: int) -> str:
+    return LOCAL_URLS[kind].format(port=port)
+
 
 class StackError(RuntimeError):
     """A server could not be started, reached or stopped; the message says which and why."""

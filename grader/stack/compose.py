@@ -13,14 +13,12 @@ import subprocess
 from pathlib import Path
 
 from . import probes
-from .base import Server, StackError
+from .base import Server, StackError, local_url
 from .procs import free_port
 from ..wait import wait_until
 
 COMPOSE_DIR = Path(__file__).resolve().parents[2] / "compose"
 PORT_VARS = {"kafka": "KAFKA_PORT", "postgres": "POSTGRES_PORT", "redis": "REDIS_PORT", "rabbitmq": "RABBITMQ_PORT"}
-URLS = {"kafka": "127.0.0.1:{port}", "postgres": "postgresql://postgres@127.0.0.1:{port}/postgres",
-        "redis": "redis://127.0.0.1:{port}/0", "rabbitmq": "amqp://guest:guest@127.0.0.1:{port}/%2F"}
 
 
 def compose_available() -> bool:
@@ -45,7 +43,7 @@ class ComposeServer(Server):
 
     @property
     def url(self) -> str:
-        return URLS[self.kind].format(port=self.ports[self.kind])
+        return local_url(self.kind, self.ports[self.kind])
 
     def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         files = [a for f in compose_files(self.lab_id) for a in ("-f", str(f))]

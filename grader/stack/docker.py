@@ -27,7 +27,7 @@ from testcontainers.core.container import DockerContainer  # noqa: E402
 
 from ..wait import WaitTimeout, wait_until  # noqa: E402
 from . import probes  # noqa: E402
-from .base import Server, StackError  # noqa: E402
+from .base import POSTGRES_SETTINGS, Server, StackError, local_url  # noqa: E402
 from .procs import Guardian, free_port  # noqa: E402
 
 # Official images, the same defaults as compose/infra.yaml.
@@ -76,6 +76,10 @@ class DockerServer(Server):
         self.port = 0  # on 127.0.0.1 of the host, in both modes
         self.container: DockerContainer | None = None
         self.container_id = ""
+
+    @property
+    def url(self) -> str:
+        return local_url(self.kind, self.port)
 
     @property
     def host_network(self) -> bool:
@@ -179,9 +183,6 @@ class DockerKafka(DockerServer):
     container_port = 9092
     advertised_port: int | None = None  # as NativeKafka: set to route clients through a fault proxy
 
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def configure(self, c: DockerContainer) -> DockerContainer:
         host = "127.0.0.1" if self.host_network else "0.0.0.0"
@@ -209,14 +210,10 @@ class DockerPostgres(DockerServer):
     kind = "postgres"
     container_port = 5432
 
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def configure(self, c: DockerContainer) -> DockerContainer:
-        # Same settings as NativePostgres. PGPORT too: the official entrypoint's init steps use it.
-        command = ["postgres", "-p", str(self.listen_port), "-c", "wal_level=logical", "-c", "fsync=off",
-                   "-c", "max_replication_slots=20", "-c", "max_wal_senders=20", "-c", "max_connections=200"]
+        # PGPORT too: the official entrypoint's init steps use it.
+        command = ["postgres", "-p", str(self.listen_port), *POSTGRES_SETTINGS]
         if self.host_network:
             command += ["-c", "listen_addresses=127.0.0.1"]
         return (c.with_env("POSTGRES_HOST_AUTH_METHOD", "trust").with_env("PGPORT", str(self.listen_port))
@@ -227,9 +224,6 @@ class DockerRedis(DockerServer):
     kind = "redis"
     container_port = 6379
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
     def configure(self, c: DockerContainer) -> DockerContainer:
         command = ["redis-server", "--port", str(self.listen_port), "--save", "", "--appendonly", "no",
@@ -243,9 +237,6 @@ class DockerRabbitMQ(DockerServer):
     kind = "rabbitmq"
     container_port = 5672
 
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
 
     def configure(self, c: DockerContainer) -> DockerContainer:
         c.with_env("RABBITMQ_NODE_PORT", str(self.listen_port))

