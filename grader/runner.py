@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .checks import CheckResult
-from .faults.proxy import TcpProxy
+from .nemesis.proxy import TcpProxy
 from .history import History
 from .kafka import ensure_topics
 from .lab import Lab

@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, Producer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from grader.faults.duplicates import read_all
+from grader.nemesis.duplicates import read_all
 from grader.kafka import CLIENT_DEFAULTS, QUIET, ensure_topics, group_lag
 from grader.lab import find_lab
 from grader.launch import Service, launch_services

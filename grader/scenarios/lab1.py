@@ -24,8 +24,8 @@ import psycopg
 from confluent_kafka import Consumer, Producer
 
 from ..checks import Case, CheckResult, check_duplicates, check_expectations, check_final_state, check_lost, check_unique
-from ..faults.crashpoints import crash_env, crash_reached
-from ..faults.duplicates import inject_duplicates
+from ..nemesis.crashpoints import crash_env, crash_reached
+from ..nemesis.duplicates import inject_duplicates
 from ..kafka import CLIENT_DEFAULTS, QUIET, group_lag
 from ..launch import Service
 from ..runner import Run

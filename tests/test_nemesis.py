@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from grader.faults.crashpoints import crash_env, crash_reached
-from grader.faults.duplicates import inject_duplicates, read_all
-from grader.faults.proxy import TcpProxy
+from grader.nemesis.crashpoints import crash_env, crash_reached
+from grader.nemesis.duplicates import inject_duplicates, read_all
+from grader.nemesis.proxy import TcpProxy
 from grader.kafka import CLIENT_DEFAULTS, QUIET, end_offsets, ensure_topics
 from grader.stack import make_stack
 from grader.stack.procs import free_port

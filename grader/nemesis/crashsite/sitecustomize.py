@@ -1,4 +1,4 @@
-"""Injected by the labkit grader (see grader/faults/crashpoints.py).
+"""Injected by the labkit grader (see grader/nemesis/crashpoints.py).
 
 Does nothing unless LABKIT_CRASH=<point>:<when>:<nth> is set; then counts the calls named by the
 point and, at the Nth, writes LABKIT_CRASH_MARKER and SIGKILLs this process, before or after the
