@@ -184,5 +184,24 @@ def check(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission:
     raise typer.Exit(0 if report.passed else 1)
 
 
+@app.command()
+def recheck(results: Path = typer.Argument(..., help="a results folder written by `labkit check` (history.jsonl, run.json)"),
+            ) -> None:
+    """Judge a saved run again from its history alone - no servers - and print the verdicts."""
+    from .history import History
+    from .report.console import print_report
+    from .runner import report_from_history
+
+    try:
+        meta = json.loads((results / "run.json").read_text())
+        history = History.load_jsonl(results / "history.jsonl")
+    except (OSError, ValueError) as e:
+        fail(f"{results}: not a results folder of `labkit check` ({e})")
+    report = report_from_history(_lab(meta["lab"]), history, meta["submission"], meta["seed"], meta["runtime"],
+                                 meta["started_at"], meta["duration"])
+    print_report(report, console)
+    raise typer.Exit(0 if report.passed else 1)
+
+
 if __name__ == "__main__":
     app()

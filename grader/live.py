@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import random
 import signal
 import threading
 import time
@@ -16,7 +15,7 @@ from rich.text import Text
 
 from .lab import Lab
 from .launch import ServiceFailed
-from .runner import Run, prepare
+from .runner import Run, new_seed, prepare
 
 
 def view(run: Run, shown: dict[str, str], started: float) -> Group:
@@ -41,7 +40,7 @@ def run_live(lab: Lab, submission: Path, runtime: str, console: Console, rate: f
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with ExitStack() as resources:
-        run = prepare(lab, submission, runtime, random.SystemRandom().randrange(1, 10**6),
+        run = prepare(lab, submission, runtime, new_seed(),
                       out_dir or Path("results") / lab.id / "live", resources,
                       say=lambda m: console.print(f"[dim]· {m}[/]"), learner=True)
         console.print(f"stack ready ({run.stack.runtime}); starting {', '.join(run.services)} from {submission}")
@@ -53,13 +52,12 @@ def run_live(lab: Lab, submission: Path, runtime: str, console: Console, rate: f
         except ServiceFailed as e:
             console.print(f"[bold red]a service failed to start:[/] {e}")
             return
-        stats = scenario.TrafficStats()
-        sender = threading.Thread(target=scenario.traffic, args=(run, stop, stats, rate), daemon=True)
+        sender = threading.Thread(target=scenario.traffic, args=(run, stop, rate), daemon=True)
         sender.start()
         started = time.monotonic()
         with Live(view(run, {}, started), console=console, refresh_per_second=2) as live:
             while not stop.wait(1.0):
-                live.update(view(run, scenario.metrics(run, stats), started))
+                live.update(view(run, scenario.metrics(run, time.monotonic() - started), started))
         console.print("stopping services and the stack ...")
         sender.join(30)
     console.print("stopped; nothing left behind")

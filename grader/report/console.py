@@ -24,6 +24,22 @@ def _details(result: CheckResult) -> Panel:
     return Panel("\n".join(lines), title=f"{_state(result)} {escape(result.title)}", title_align="left")
 
 
+def fault_table(report: RunReport) -> Table:
+    """The faults injected: what, on what, when, and whether each bit (a check needs them to)."""
+    table = Table("fault", "target", "from", "to", "bit", "what happened", title="faults injected", title_justify="left")
+    for f in report.faults:
+        if f.get("reason"):
+            table.add_row(escape(f["fault"]), escape(str(f["target"])), "-", "-", "[dim]not here[/]", escape(f["reason"]))
+            continue
+        start, end = f.get("start"), f.get("end")
+        what = f.get("description") or ""
+        how = (f.get("detail") or {}).get("how")
+        table.add_row(escape(f["fault"]), escape(str(f["target"])), f"{start:.1f}s" if start is not None else "-",
+                      f"{end:.1f}s" if end is not None else "-", "[green]yes[/]" if f["effective"] else "[yellow]no[/]",
+                      escape(what + (f" ({how})" if how else "")))
+    return table
+
+
 def print_report(report: RunReport, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=escape(f"{report.lab}: {report.title}"),
@@ -34,12 +50,14 @@ def print_report(report: RunReport, console: Console | None = None) -> None:
     table.add_column("points", justify="right")
     table.add_column("")
     for r in report.results:
-        points = "-" if r.skipped else f"{r.points:g}/{r.max_points:g}"
+        points = f"{r.points:g}/{r.max_points:g}"
         table.add_row(escape(r.title), _state(r), points, escape(r.message))
     console.print(table)
     for r in report.results:
-        if not r.passed and not r.skipped:
+        if not r.passed:
             console.print(_details(r))
+    if report.faults:
+        console.print(fault_table(report))
     for note in report.notes:
         console.print(f"[dim]note:[/] {escape(note)}")
     for name, log in report.logs_to_show().items():

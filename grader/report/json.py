@@ -5,12 +5,13 @@ Shape (schema "labkit.report/1"; keys are only ever added):
   "schema": "labkit.report/1",
   "lab": "lab-1", "title": str, "submission": str, "seed": int, "runtime": "native" | "docker" | ...,
   "started_at": ISO 8601 str, "duration_s": float,
-  "score": float, "max_score": float, "passed": bool,      # skipped checks count neither way
+  "score": float, "max_score": float, "passed": bool,      # a SKIP earns 0 of its max_points
   "replay": "labkit check lab-1 --seed N",
   "checks": [{"id", "title", "state": "PASS" | "FAIL" | "ERROR" | "SKIP", "passed", "points", "max_points",
               "message", "evidence": [str, ...] (all of it, uncapped), "hint": str | null,
               "duration", "skipped", "errored"}, ...],
-  "notes": [str, ...], "logs": {service: log tail}, "crashed": [service, ...]
+  "notes": [str, ...], "logs": {service: log tail}, "crashed": [service, ...],
+  "faults": [{"fault", "target", "fid", "start", "end", "effective", "reason", "description", "detail"}, ...]
 }
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ def to_dict(report: RunReport) -> dict:
         "replay": report.replay_command(),
         "checks": [{"id": r.id, "title": r.title, "state": r.state, **asdict(r)} for r in report.results],
         "notes": report.notes, "logs": report.logs, "crashed": report.crashed,
+        "faults": report.faults,
     }
 
 

@@ -28,7 +28,8 @@ def write_junit(report: RunReport, path: str | Path) -> None:
     props = ET.SubElement(suite, "properties")
     for name, value in (("title", report.title), ("seed", report.seed), ("runtime", report.runtime),
                         ("submission", report.submission), ("score", f"{report.score:g}/{report.max_score:g}"),
-                        ("replay", report.replay_command())):
+                        ("replay", report.replay_command()),
+                        ("faults_injected", sum(1 for f in report.faults if f["effective"]))):
         ET.SubElement(props, "property", name=name, value=_text(str(value)))
     for r in report.results:
         case = ET.SubElement(suite, "testcase", classname=report.lab, name=_text(r.id), time=f"{r.duration:.2f}")
@@ -41,8 +42,11 @@ def write_junit(report: RunReport, path: str | Path) -> None:
         element = ET.SubElement(case, "error" if r.state == "ERROR" else "failure", message=_text(r.message),
                                 type=r.state)
         element.text = _text(body)
-    if report.notes:
-        ET.SubElement(suite, "system-out").text = _text("\n".join(report.notes))
+    faults = [f"fault {f['fault']} on {f['target']}: " + (f"not injected ({f['reason']})" if f.get("reason") else
+              f"{f.get('start')}s-{f.get('end')}s, {'bit' if f['effective'] else 'did not bite'}"
+              + (f" - {f['description']}" if f.get("description") else "")) for f in report.faults]
+    if report.notes or faults:
+        ET.SubElement(suite, "system-out").text = _text("\n".join(report.notes + faults))
     logs = report.logs_to_show()
     if logs:
         ET.SubElement(suite, "system-err").text = _text(

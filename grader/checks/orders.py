@@ -1,0 +1,130 @@
+"""Checkers for order workloads (labs 1 and 2), pure functions of the history.
+
+What the client was told comes from the operations (grader/workloads/orders.py); what the system
+holds comes from the grader's own observation of the downstream tables, recorded as
+`observe what="downstream"` with rows of orders (order_id, customer_id, amount_cents, status) and
+totals (customer_id, order_count, total_cents). Unknown outcomes are first-class: a request that
+ended `info` may have taken effect once or not at all; one that ended `fail` must never appear.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+from ..history import History, Op
+from .generic import check_duplicates, check_final_state, check_lost
+from .result import CheckResult
+
+DOWNSTREAM = "downstream"
+
+
+def _body_key(body: object) -> tuple | None:
+    if isinstance(body, dict) and "customer_id" in body and "amount_cents" in body:
+        return (str(body["customer_id"]), body["amount_cents"])
+    return None
+
+
+def placed(history: History) -> dict[str, Op]:
+    """order_id -> the first place operation answered 201 with it."""
+    orders: dict[str, Op] = {}
+    for op in history.ops("place"):
+        body = op.result.get("body")
+        if op.type == "ok" and isinstance(body, dict) and body.get("order_id"):
+            orders.setdefault(str(body["order_id"]), op)
+    return orders
+
+
+def downstream(history: History) -> tuple[dict[str, tuple], dict[str, tuple]] | None:
+    """(orders: id -> (customer, amount, status), totals: customer -> (count, cents)) as last observed."""
+    seen = history.last_observation(DOWNSTREAM)
+    if seen is None or seen.get("error"):
+        return None
+    orders = {str(o): (c, a, s) for o, c, a, s in seen.get("orders", [])}
+    totals = {str(c): (n, t) for c, n, t in seen.get("totals", [])}
+    return orders, totals
+
+
+def unreadable(history: History, **args) -> CheckResult | None:
+    seen = history.last_observation(DOWNSTREAM)
+    if seen is None:
+        return CheckResult.error(message="the downstream tables were never observed (the run did not get there)", **args)
+    if seen.get("error"):
+        return CheckResult.error(message=f"could not read the downstream tables: {seen['error']}", **args)
+    return None
+
+
+def _detail(op: Op) -> str:
+    retry = ", a retry" if op.invoke.get("retry") else ""
+    return f"request #{op.id}{retry}, key {op.invoke.get('key')}, {op.result.get('status')} at t={op.t_complete:.1f}s"
+
+
+def check_no_lost_orders(history: History, **args) -> CheckResult:
+    """Every order answered 201 is in the downstream table."""
+    if (bad := unreadable(history, **args)) is not None:
+        return bad
+    orders, _ = downstream(history)
+    acked = {o: f"{op.invoke['body'].get('customer_id')}, {op.invoke['body'].get('amount_cents')} cents ({_detail(op)})"
+             for o, op in placed(history).items()}
+    return check_lost(acknowledged=acked, applied=set(orders), **args)
+
+
+def check_no_duplicate_effects(history: History, **args) -> CheckResult:
+    """Three views of "applied once": each idempotency key got one order id; no body appears
+    downstream more often than keys were sent with it that did not fail; each customer's totals
+    equal what its distinct orders add up to."""
+    if (bad := unreadable(history, **args)) is not None:
+        return bad
+    orders, totals = downstream(history)
+
+    ids_per_key: dict[str, set[str]] = defaultdict(set)
+    keys_per_body: dict[tuple, set[str]] = defaultdict(set)
+    for op in history.ops("place"):
+        key, body = op.invoke.get("key"), op.invoke.get("body")
+        if not key:
+            continue
+        result = op.result.get("body")
+        if op.type == "ok" and isinstance(result, dict) and result.get("order_id"):
+            ids_per_key[key].add(str(result["order_id"]))
+        if op.type in ("ok", "info") and (bk := _body_key(body)):
+            keys_per_body[bk].add(key)
+    evidence = [f"idempotency key {k} -> {len(v)} different order ids: {', '.join(sorted(v))}"
+                for k, v in sorted(ids_per_key.items()) if len(v) > 1]
+
+    rows_per_body = Counter((str(c), a) for c, a, _ in orders.values())
+    for (customer, amount), n in sorted(rows_per_body.items()):
+        allowed = len(keys_per_body.get((customer, amount), ()))
+        if n > allowed:
+            evidence.append(f"{n} orders of {customer} for {amount} cents downstream, but only {allowed} "
+                            f"request key(s) with that body could have placed one")
+
+    expected: dict[str, int] = {}
+    for customer, amount, status in orders.values():
+        if status == "placed":
+            expected[f"{customer} total_cents"] = expected.get(f"{customer} total_cents", 0) + amount
+            expected[f"{customer} order_count"] = expected.get(f"{customer} order_count", 0) + 1
+    observed: dict[str, int] = {name: 0 for name in expected}
+    for customer, (count, cents) in totals.items():
+        if count or cents or f"{customer} order_count" in expected:
+            observed[f"{customer} total_cents"], observed[f"{customer} order_count"] = cents, count
+    effects = check_duplicates(expected=expected, observed=observed, **args)
+    evidence = effects.evidence + evidence
+    if evidence:
+        return CheckResult.verdict(passed=False, message=effects.message if not effects.passed else
+                                   f"{len(evidence)} effect(s) applied more than once", evidence=evidence, **args)
+    return CheckResult.verdict(passed=True, message=(
+        f"totals match {len(orders)} distinct orders; {len(ids_per_key)} acknowledged keys, one order each; "
+        f"no body applied more often than it was requested"), **args)
+
+
+def check_final_status(history: History, **args) -> CheckResult:
+    """Each order ends as the client was told: cancelled if a cancel was answered 200, else placed.
+    Orders with a cancel of unknown outcome are left out (either state is right)."""
+    if (bad := unreadable(history, **args)) is not None:
+        return bad
+    orders, _ = downstream(history)
+    cancelled, unsure = set(), set()
+    for op in history.ops("cancel"):
+        order_id = str(op.invoke.get("path", "")).split("/")[2] if op.invoke.get("path", "").count("/") >= 3 else ""
+        (cancelled if op.type == "ok" else unsure if op.type == "info" else set()).add(order_id)
+    expected = {o: ("cancelled" if o in cancelled else "placed")
+                for o in placed(history) if o in orders and o not in unsure}
+    return check_final_state(expected=expected, observed={o: orders[o][2] for o in expected}, **args)

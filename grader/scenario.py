@@ -1,0 +1,179 @@
+"""A lab's scenario as data: params, phases (a workload step and the faults that run alongside it),
+and checks keyed by the ids in lab.toml. `play` runs the phases; `judge` runs the checks over the
+history alone, so a saved history gets the same verdicts (`labkit recheck`).
+
+    SCENARIO = Scenario(
+        params=Params(orders=120, rate=40),
+        phases=[Phase("contract", probe_contract),
+                Phase("load", load, nemesis=[[At(CrashPoint(...), after_ok=10), At(Kill(...), after_ok=40)],
+                                             [At(Cut("kafka"), after_s=5)]]),
+                Phase("quiesce", settle)],
+        checks={"no-lost-orders": Check(lost, needs=[("crash-point", "read_model")])})
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from .checks import CheckResult
+from .history import History
+from .nemesis import Fault, fault_events, happened, why_not
+
+if TYPE_CHECKING:
+    from .lab import Lab
+    from .runner import Run
+
+
+class Params(dict):
+    """A scenario's numbers in one place (rates, counts, bounds); attribute access for brevity."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass
+class At:
+    """A fault and when it fires: once `after_ok` operations named `f` completed ok since the phase
+    began, and at least `after_s` seconds into the phase (both bounds; whichever comes last)."""
+
+    fault: Fault
+    after_ok: int = 0
+    after_s: float = 0.0
+    f: str | None = None
+
+
+class Nemesis:
+    """Runs schedules of faults in background threads (one thread per schedule, faults in order)."""
+
+    def __init__(self, run: "Run", schedules: list[list[At]], phase_started: float, ok_ops: Callable[[str | None], int]):
+        self.run = run
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._t0 = phase_started
+        self._ok_ops = ok_ops
+        self._threads = [threading.Thread(target=self._play, args=(steps,), name=f"nemesis-{i}", daemon=True)
+                         for i, steps in enumerate(schedules) if steps]
+
+    def start(self) -> "Nemesis":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def done(self) -> bool:
+        return not any(t.is_alive() for t in self._threads)
+
+    def _due(self, step: At) -> bool:
+        return (time.monotonic() - self._t0 >= step.after_s and
+                (step.after_ok <= 0 or self._ok_ops(step.f) >= step.after_ok))
+
+    def _play(self, steps: list[At]) -> None:
+        try:
+            for step in steps:
+                while not self._due(step):
+                    if self._stop.wait(0.05):
+                        return
+                step.fault.apply(self.run)
+        except BaseException as e:  # surfaced by finish(): the run must not hang on a nemesis bug
+            self.errors.append(e)
+
+    def finish(self, timeout: float = 60) -> None:
+        """Stop scheduling new faults; faults under way still heal. Raises a nemesis error."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(deadline - time.monotonic(), 0.1))
+        if self.errors:
+            raise self.errors[0]
+
+
+@dataclass
+class PhaseContext:
+    """What a workload step sees: whether to keep going, and the phase's own nemesis."""
+
+    nemesis: Nemesis
+    started: float
+    max_seconds: float
+
+    def nemesis_done(self) -> bool:
+        return self.nemesis.done()
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() - self.started >= self.max_seconds
+
+
+@dataclass
+class Phase:
+    name: str
+    step: Callable[["Run", PhaseContext], None]
+    nemesis: list[list[At]] | Callable[["Run"], list[list[At]]] = field(default_factory=list)  # or drawn per run
+    max_seconds: float = 120  # the workload step is told to stop after this; faults are then stopped too
+
+
+@dataclass
+class Check:
+    """A checker (a pure function of the history) and the faults it needs to mean anything:
+    (kind, target) pairs that must all have bitten, else the check is SKIP with the reason."""
+
+    fn: Callable[..., CheckResult]
+    needs: list[tuple[str, str | None]] = field(default_factory=list)
+
+
+@dataclass
+class Scenario:
+    params: Params
+    phases: list[Phase]
+    checks: dict[str, Check]
+
+
+def play(scenario: Scenario, run: "Run") -> None:
+    """Run each phase: its nemesis in the background, its workload step in the foreground."""
+    for phase in scenario.phases:
+        run.say(phase.name)
+        run.history.record("note", "grader", message=f"phase {phase.name}", phase=phase.name)
+        started = time.monotonic()
+        since = len(run.history)
+
+        def ok_ops(f: str | None, since=since) -> int:
+            return sum(1 for e in run.history.events()[since:] if e.kind == "ok" and (f is None or e.data.get("f") == f))
+
+        schedules = phase.nemesis(run) if callable(phase.nemesis) else phase.nemesis
+        for steps in schedules:
+            run.note("nemesis plan: " + "; ".join(f"{s.fault.describe()} (after {s.after_ok} ok, {s.after_s:g}s)"
+                                                  for s in steps))
+        nemesis = Nemesis(run, schedules, started, ok_ops).start()
+        try:
+            phase.step(run, PhaseContext(nemesis, started, phase.max_seconds))
+        finally:
+            nemesis.finish()
+
+
+def judge(lab: "Lab", scenario: Scenario, history: History) -> list[CheckResult]:
+    """Every check of lab.toml, judged from the history alone (SKIP when its faults did not bite)."""
+    results = []
+    for spec in lab.checks:
+        args = {"id": spec.id, "title": spec.title or spec.id, "max_points": spec.points, "hint": spec.hint or None}
+        check = scenario.checks.get(spec.id)
+        if check is None:
+            results.append(CheckResult.error(args["id"], args["title"], spec.points,
+                                             "this lab's scenario has no checker for it (a grader bug)"))
+            continue
+        missing = [why_not(history, kind, target) for kind, target in check.needs if not happened(history, kind, target)]
+        if missing:
+            results.append(CheckResult.skip(args["id"], args["title"], spec.points,
+                                            "not verified: " + "; ".join(missing)))
+            continue
+        started = time.monotonic()
+        result = check.fn(history, **args)
+        result.duration = time.monotonic() - started
+        results.append(result)
+    return results
+
+
+def fault_summary(history: History) -> list[dict]:
+    """The faults of a run for reports: kind, target, when, whether they bit, what they did."""
+    return fault_events(history)

@@ -1,0 +1,114 @@
+"""The order workload (labs 1 and 2): seeded order plans, paced load with client retries and
+cancels, contract probes, and retries of acknowledged requests. Everything goes into the history
+as operations (f = "place" | "cancel"); checkers read it back from there, never from here.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from ..history import History
+from .http import HttpWorkload, Reply
+
+if TYPE_CHECKING:
+    from ..runner import Run
+    from ..scenario import PhaseContext
+
+
+@dataclass(frozen=True)
+class OrderPlan:
+    key: str
+    body: dict
+    retry: bool  # the client sends the same request again (it did not trust the first answer)
+    cancel: bool
+    cancel_key: str
+
+
+class Orders:
+    """Seeded order traffic against one API. Thread-safe: the plan is drawn under a lock."""
+
+    def __init__(self, client: HttpWorkload, seed: int, customers: int = 8, retry_rate: float = 0.15,
+                 cancel_rate: float = 0.2) -> None:
+        self.client = client
+        self.rng = random.Random(seed)
+        self.customers, self.retry_rate, self.cancel_rate = customers, retry_rate, cancel_rate
+        self._lock = threading.Lock()
+
+    def key(self) -> str:
+        with self._lock:
+            return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+
+    def body(self) -> dict:
+        with self._lock:
+            return {"customer_id": f"c-{self.rng.randrange(self.customers)}",
+                    "amount_cents": self.rng.randrange(100, 10_000)}
+
+    def plan(self) -> OrderPlan:
+        key, body = self.key(), self.body()
+        with self._lock:
+            retry, cancel = self.rng.random() < self.retry_rate, self.rng.random() < self.cancel_rate
+        return OrderPlan(key, body, retry, cancel, self.key())
+
+    # --- operations ------------------------------------------------------------------------
+    def place(self, key: str | None, body: dict, **meta) -> Reply:
+        return self.client.send("place", "POST", "/orders", key=key, body=body, **meta)
+
+    def cancel(self, order_id: str, key: str, **meta) -> Reply:
+        return self.client.send("cancel", "POST", f"/orders/{order_id}/cancel", key=key, body={}, **meta)
+
+    def play(self, plan: OrderPlan, **meta) -> None:
+        reply = self.place(plan.key, plan.body, **meta)
+        if plan.retry:
+            again = self.place(plan.key, plan.body, retry=True, **meta)
+            reply = reply if reply.ok else again
+        if plan.cancel and reply.ok and isinstance(reply.body, dict) and reply.body.get("order_id"):
+            self.cancel(str(reply.body["order_id"]), plan.cancel_key, **meta)
+
+    # --- steps -----------------------------------------------------------------------------
+    def load(self, ctx: "PhaseContext", orders: int, rate: float, concurrency: int) -> int:
+        """At least `orders` plans at about `rate` per second, and on until the phase's nemesis is
+        through (or the phase is out of time). Returns how many plans were played."""
+        sent, started, pace = 0, time.monotonic(), threading.Event()
+        with ThreadPoolExecutor(concurrency) as pool:
+            while (sent < orders or not ctx.nemesis_done()) and not ctx.out_of_time():
+                wave = [self.plan() for _ in range(concurrency * 2)]
+                list(pool.map(self.play, wave))
+                sent += len(wave)
+                pace.wait(max(0.0, started + sent / rate - time.monotonic()))  # hold the rate
+        return sent
+
+    def burst(self, count: int, **meta) -> list[tuple[OrderPlan, Reply]]:
+        """`count` orders at once (e.g. during a fault); no retries or cancels."""
+        plans = [OrderPlan(self.key(), self.body(), False, False, "") for _ in range(count)]
+        with ThreadPoolExecutor(count) as pool:
+            replies = list(pool.map(lambda p: self.place(p.key, p.body, **meta), plans))
+        return list(zip(plans, replies))
+
+    def retry_keys(self, requests: list[tuple[str, dict]], **meta) -> list[Reply]:
+        """Send requests again with their keys (a client that never heard back, or did and retries)."""
+        return [self.place(key, body, retry=True, **meta) for key, body in requests]
+
+
+def acknowledged_requests(history: History, count: int, rng: random.Random) -> list[tuple[str, dict]]:
+    """Up to `count` (key, body) of place requests that were answered 201, chosen with `rng`."""
+    seen: dict[str, dict] = {}
+    for op in history.ops("place"):
+        if op.type == "ok" and op.invoke.get("key") and op.invoke.get("key") not in seen:
+            seen[op.invoke["key"]] = op.invoke.get("body")
+    keys = sorted(seen)
+    return [(k, seen[k]) for k in rng.sample(keys, min(count, len(keys)))]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """True once `condition` holds, False after `timeout` (a bounded wait that never raises)."""
+    from ..wait import WaitTimeout, wait_until
+
+    try:
+        return bool(wait_until(condition, timeout, "condition", interval=0.1))
+    except WaitTimeout:
+        return False
