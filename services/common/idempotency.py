@@ -17,6 +17,8 @@ import psycopg
 
 from services.common.http import ApiError
 
+MAX_KEY_LENGTH = 255  # the draft leaves it open; Stripe allows 255
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key          text PRIMARY KEY,
@@ -41,6 +43,15 @@ class Claim:
 class Replay:
     status: int
     body: bytes
+
+
+def require_key(key: str | None) -> str:
+    """The Idempotency-Key header of a POST, or 400."""
+    if not key:
+        raise ApiError(400, "idempotency_key_missing", "send an Idempotency-Key header with every POST")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ApiError(400, "idempotency_key_invalid", f"an Idempotency-Key has at most {MAX_KEY_LENGTH} characters")
+    return key
 
 
 def fingerprint(method: str, path: str, data: Any) -> str:
@@ -76,6 +87,7 @@ class IdempotencyStore:
             return Claim(resource_id, event_id)
 
     def finish(self, conn: psycopg.Connection, key: str, status: int, body: bytes) -> None:
+        """Store the response to replay; in the caller's transaction (ideally the effects' own)."""
         conn.execute("UPDATE idempotency_keys SET state = 'done', status = %s, body = %s WHERE key = %s",
                      (status, body, key))
 

@@ -5,13 +5,9 @@ from typing import Any, Callable
 
 from fastapi.responses import JSONResponse, Response
 
-from services.common.http import ApiError, parse_body
+from services.common.http import parse_body
+from services.common.idempotency import SCHEMA, Claim, IdempotencyStore, Replay, fingerprint, require_key
 from services.common.orders.api import CancelIn, OrderApiBase, OrderIn, serve_api
-
-from .idempotency import SCHEMA, Claim, IdempotencyStore, Replay, fingerprint
-
-
-MAX_KEY_LENGTH = 255  # the draft leaves it open; Stripe allows 255
 
 
 class OrderApi(OrderApiBase):
@@ -19,11 +15,7 @@ class OrderApi(OrderApiBase):
     store = IdempotencyStore()
 
     def require_key(self, key: str | None) -> str:
-        if not key:
-            raise ApiError(400, "idempotency_key_missing", "send an Idempotency-Key header with every POST")
-        if len(key) > MAX_KEY_LENGTH:
-            raise ApiError(400, "idempotency_key_invalid", f"an Idempotency-Key has at most {MAX_KEY_LENGTH} characters")
-        return key
+        return require_key(key)
 
     def idempotent(self, key: str, fp: str, work: Callable[[Claim], tuple[int, Any]]) -> Response:
         """Claim the key, do the work once, store its response; replay it for retries."""

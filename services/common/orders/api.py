@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from opentelemetry import trace
+from opentelemetry.context import Context
 from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -17,6 +18,7 @@ from services.common import db
 from services.common.config import namespaced
 from services.common.http import ApiError, json_app, serve
 from services.common.log import get_logger
+from services.common.telemetry import extract_http
 from services.common.telemetry import setup as setup_telemetry
 
 from .events import make_event, storable_text
@@ -97,11 +99,14 @@ class OrderApiBase:
         raise NotImplementedError
 
 
-def traced(route: str, handler: Callable[..., Response], *args) -> Response:
-    """Run a handler in a server span (on the worker thread, so the publish span nests in it)."""
-    with tracer.start_as_current_span(f"POST {route}", kind=trace.SpanKind.SERVER, record_exception=False,
-                                      set_status_on_exception=False,
-                                      attributes={"http.request.method": "POST", "http.route": route}) as span:
+def traced(route: str, handler: Callable[..., Response], *args, context: Context | None = None,
+           path: str | None = None) -> Response:
+    """Run a handler in a server span (on the worker thread, so the publish span nests in it) that
+    continues the caller's trace (`context`, from the request's traceparent)."""
+    with tracer.start_as_current_span(f"POST {route}", context=context, kind=trace.SpanKind.SERVER,
+                                      record_exception=False, set_status_on_exception=False,
+                                      attributes={"http.request.method": "POST", "http.route": route,
+                                                  "url.path": path or route, "url.scheme": "http"}) as span:
         try:
             response = handler(*args)
             status = response.status_code
@@ -130,20 +135,28 @@ def create_app(api_class: type[OrderApiBase], publisher_class: type[Publisher] =
         publisher.close()
         pool.close()
 
-    app = json_app("order-api")
+    return order_routes("order-api", lifespan)
+
+
+def order_routes(title: str, lifespan) -> FastAPI:
+    """The order endpoints, calling `app.state.api` (anything with place() and cancel(), set up by
+    `lifespan`) on a worker thread inside a server span."""
+    app = json_app(title)
     app.router.lifespan_context = lifespan
 
     @app.post("/orders")
     async def place(request: Request) -> JSONResponse:
         body = await request.body()  # raw bytes: the API validates (and fingerprints) them itself
         return await run_in_threadpool(traced, "/orders", request.app.state.api.place,
-                                       request.headers.get("idempotency-key"), body)
+                                       request.headers.get("idempotency-key"), body,
+                                       context=extract_http(request.headers), path=request.url.path)
 
     @app.post("/orders/{order_id}/cancel")
     async def cancel(order_id: str, request: Request) -> JSONResponse:
         body = await request.body()
         return await run_in_threadpool(traced, "/orders/{order_id}/cancel", request.app.state.api.cancel, order_id,
-                                       request.headers.get("idempotency-key"), body)
+                                       request.headers.get("idempotency-key"), body,
+                                       context=extract_http(request.headers), path=request.url.path)
 
     return app
 
