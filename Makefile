@@ -43,6 +43,11 @@ lab-%: install
 check-%: install
 	$(LABKIT) check lab-$* --runtime $(RUNTIME) $(if $(SUBMISSION),--submission $(SUBMISSION)) $(ARGS)
 
+# make grade-1 SUBMISSIONS=path/to/class [OUT=graded/lab-1] [ARGS="--jobs 2 --repeat 3 --trust-submissions"]
+grade-%: install
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade-$* SUBMISSIONS=folder-or-archive [OUT=...] [ARGS=...]"; exit 2; }
+	$(LABKIT) grade lab-$* $(SUBMISSIONS) --out $(or $(OUT),graded/lab-$*) --runtime $(RUNTIME) $(ARGS)
+
 bench: install
 	$(BIN)/python -m tests.bench.lab1 $(ARGS)
 

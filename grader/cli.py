@@ -203,5 +203,78 @@ def recheck(results: Path = typer.Argument(..., help="a results folder written b
     raise typer.Exit(0 if report.passed else 1)
 
 
+@app.command("grade")
+def grade_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
+              submissions: Path = typer.Argument(..., help="folder (or archive) of submissions: folders, git clones, "
+                                                 "zip/tar archives; GitHub Classroom and Gradescope exports as they are"),
+              out: Path = typer.Option(..., "--out", "-o", help="folder for every student's reports and the class CSV"),
+              jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="runs at once (each needs ~1 core, <1 GB)"),
+              force: bool = typer.Option(False, help="grade again what an earlier run already graded"),
+              repeat: int = typer.Option(1, min=1, help="grade each submission N times: pass rate per check"),
+              runtime: str = RuntimeOpt,
+              seed: Optional[int] = typer.Option(None, help="one seed for every run (default: a secret one per run)"),
+              trust_submissions: bool = typer.Option(False, "--trust-submissions",
+                                                     help="run submissions unisolated, as your own user")) -> None:
+    """Grade a class: every submission, in parallel, resumable, with every result format."""
+    from .batch import Options, grade_class, isolation_available
+
+    spec = _lab(lab)
+    if not submissions.exists():
+        fail(f"{submissions}: no such folder or archive")
+    why_not = isolation_available()
+    if why_not and not trust_submissions:
+        fail(f"cannot isolate submissions here: {why_not}.\nA submission would run as you, able to read and "
+             f"change your files and other students' results. Grade only code you trust with --trust-submissions.")
+    if why_not:
+        console.print(f"[yellow]warning:[/] submissions run unisolated ({why_not})", highlight=False)
+    opts = Options(runtime=runtime, jobs=jobs, force=force, repeat=repeat, seed=seed, isolated=not why_not)
+    result = grade_class(spec, submissions, out, opts, console=console)
+    firsts = result.first_runs()
+    table = Table("student", "score", "failed checks", title=f"{spec.id}: {len(firsts)} submissions")
+    for name, report in sorted(firsts.items()):
+        failed = [c["id"] for c in report.get("checks", []) if c.get("state") in ("FAIL", "ERROR")]
+        table.add_row(name, f"{report.get('score', 0):g}/{report.get('max_score', 0):g}", ", ".join(failed) or "-")
+    console.print(table)
+    console.print(f"class table: {out / 'class.csv'}; per student: {out}/<student>/ (report.json, report.html, "
+                  f"results.json, classroom.json, junit.xml); summary: {out / 'summary.json'}", highlight=False)
+    if repeat > 1:
+        console.print(f"pass rates: {out / 'pass-rates.csv'}; replay commands per failure in summary.json")
+
+
+@app.command("bundle")
+def bundle_cmd(target: list[str] = typer.Argument(..., help="OUT (--student), or LAB OUT"),
+               student: bool = typer.Option(False, "--student", help="the kit without reference solutions and tests"),
+               gradescope: bool = typer.Option(False, "--gradescope", help="Gradescope autograder zip: LAB OUT.zip"),
+               classroom: bool = typer.Option(False, "--classroom", help="GitHub Classroom template repo: LAB OUT_DIR")) -> None:
+    """Build what to hand out: a student kit, a Gradescope autograder, a GitHub Classroom template."""
+    from .batch import bundle
+
+    if sum((student, gradescope, classroom)) != 1:
+        fail("give exactly one of --student, --gradescope, --classroom")
+    if student:
+        if len(target) != 1:
+            fail("usage: labkit bundle --student OUT")
+        try:
+            files = bundle.student(Path(target[0]))
+        except FileExistsError as e:
+            fail(str(e))
+        console.print(f"student kit: {target[0]} ({len(files)} files; no reference solutions, no tests)")
+        return
+    if len(target) != 2:
+        fail("usage: labkit bundle --gradescope LAB OUT.zip  |  labkit bundle --classroom LAB OUT_DIR")
+    spec, out = _lab(target[0]), Path(target[1])
+    if gradescope:
+        names = bundle.gradescope(spec, out)
+        console.print(f"Gradescope autograder: {out} ({len(names)} files). Upload it on the assignment's "
+                      f"'Configure Autograder' page (base image Ubuntu 22.04 or 24.04).")
+    else:
+        try:
+            workflow = bundle.classroom(spec, out)
+        except FileExistsError as e:
+            fail(str(e))
+        console.print(f"GitHub Classroom template: {out} (workflow {workflow.relative_to(out)}). Push it as the "
+                      f"assignment's template repository.")
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,226 @@
+"""Grade a class: every submission (N times with --repeat), in parallel up to a bound, resumable.
+
+Layout of --out:
+  class.csv              one row per student, one column per check (run 1)
+  pass-rates.csv         --repeat N: per student and check, the fraction of runs that passed
+  summary.json           per student: score, runs, pass rates, and a replay command per failure
+  <student>/             run 1: report.json, junit.xml, results.json (Gradescope), classroom.json,
+                         report.html, history.jsonl, logs/, worker.log, meta.json
+  <student>/runs/<k>/    runs 2..N of --repeat, the same files
+  .work/                 unpacked archives (the folders actually graded)
+A run is skipped on a second invocation when its report.json exists and meta.json's fingerprint
+matches the submission as it is now (a resubmission is graded again); --force grades everything.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from ..lab import REPO_ROOT, Lab
+from ..report.csv import write_class_csv, write_pass_rates_csv
+from .archive import UnsafeArchive
+from .discover import Submission, discover, fingerprint, git_commit, materialize
+from .outputs import write_all
+from .worker import error_report, replay_command
+
+
+@dataclass
+class Options:
+    runtime: str = "auto"
+    jobs: int = 2
+    force: bool = False
+    repeat: int = 1
+    seed: int | None = None  # None: a fresh secret seed per run (the grader picks it)
+    isolated: bool = True  # False only with --trust-submissions
+    timeout: float = 900.0  # one run's total deadline, seconds (lab 1 takes ~50 s)
+
+
+@dataclass
+class RunOutcome:
+    student: str
+    run: int
+    out_dir: Path
+    report: dict
+    skipped: bool = False  # graded by an earlier invocation
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list[dict]:
+        return [c for c in self.report.get("checks", []) if c.get("state") in ("FAIL", "ERROR")]
+
+
+@dataclass
+class ClassResult:
+    out: Path
+    outcomes: list[RunOutcome] = field(default_factory=list)
+
+    def first_runs(self) -> dict[str, dict]:
+        return {o.student: o.report for o in self.outcomes if o.run == 1}
+
+    def pass_rates(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """rates[student][check] = (runs passed, runs counted); SKIP runs are not counted."""
+        rates: dict[str, dict[str, tuple[int, int]]] = {}
+        for o in sorted(self.outcomes, key=lambda o: (o.student, o.run)):
+            per_check = rates.setdefault(o.student, {})
+            for c in o.report.get("checks", []):
+                passed, runs = per_check.get(c["id"], (0, 0))
+                if c.get("state") != "SKIP":
+                    per_check[c["id"]] = (passed + (c.get("state") == "PASS"), runs + 1)
+                else:
+                    per_check.setdefault(c["id"], (passed, runs))
+        return rates
+
+
+def run_dir(out: Path, student: str, run: int) -> Path:
+    return out / student if run == 1 else out / student / "runs" / str(run)
+
+
+def _graded(folder: Path, fp: str) -> dict | None:
+    """The report of an earlier run of this very submission, if there is one."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("fingerprint") == fp:
+            return json.loads((folder / "report.json").read_text())
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _stop(proc: subprocess.Popen, grace: float = 30) -> None:
+    """TERM first (the run then stops its stack and services), KILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _grade_once(lab: Lab, sub: Submission, folder: Path, out_dir: Path, opts: Options) -> dict:
+    """One run in a worker process; its report.json, or an error report when it produced none."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "grader.batch.worker", lab.id, str(folder), "--out", str(out_dir),
+            "--runtime", opts.runtime, "--student", sub.name]
+    if opts.seed is not None:
+        argv += ["--seed", str(opts.seed)]
+    if opts.isolated:
+        argv.append("--isolated")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    with open(out_dir / "worker.log", "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                cwd=REPO_ROOT)
+        try:
+            proc.wait(opts.timeout)
+            reason = f"the grading run exited with code {proc.returncode} before writing its report"
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            reason = f"the run took longer than {opts.timeout:.0f} s and was stopped"
+    try:
+        return json.loads((out_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        seed = opts.seed or 0
+        report = error_report(lab, folder, f"{reason} (see {out_dir / 'worker.log'})", opts.runtime, seed)
+        write_all(report, out_dir, {"student": sub.name, "replay": replay_command(lab, folder, seed, opts.runtime)})
+        return json.loads((out_dir / "report.json").read_text())
+
+
+def grade_class(lab: Lab, submissions: Path, out: Path, opts: Options = Options(),
+                console: Console | None = None, on_outcome: Callable[[RunOutcome], None] | None = None) -> ClassResult:
+    out = out.resolve()
+    work = out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    console = console or Console(stderr=True)
+    subs = discover(submissions, lab, work)
+    result = ClassResult(out)
+    todo: list[tuple[Submission, Path, str, int]] = []
+    for sub in subs:
+        fp = fingerprint(sub)
+        try:
+            folder = materialize(sub, lab, work)
+        except UnsafeArchive as e:
+            shutil.rmtree(work / sub.name, ignore_errors=True)
+            for k in range(1, opts.repeat + 1):  # nothing to run: an error report, every run
+                report = error_report(lab, sub.source, f"the archive was refused: {e}", opts.runtime)
+                write_all(report, run_dir(out, sub.name, k), {"student": sub.name})
+                result.outcomes.append(RunOutcome(sub.name, k, run_dir(out, sub.name, k),
+                                                  json.loads((run_dir(out, sub.name, k) / "report.json").read_text())))
+            continue
+        for k in range(1, opts.repeat + 1):
+            done = None if opts.force else _graded(run_dir(out, sub.name, k), fp)
+            if done is not None:
+                result.outcomes.append(RunOutcome(sub.name, k, run_dir(out, sub.name, k), done, skipped=True))
+            else:
+                todo.append((sub, folder, fp, k))
+
+    def one(sub: Submission, folder: Path, fp: str, k: int) -> RunOutcome:
+        t0 = time.monotonic()
+        folder_out = run_dir(out, sub.name, k)
+        report = _grade_once(lab, sub, folder, folder_out, opts)
+        meta = {"student": sub.name, "source": str(sub.source), "kind": sub.kind, "graded": str(folder),
+                "fingerprint": fp, "commit": git_commit(sub), "people": sub.people, "run": k,
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        (folder_out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return RunOutcome(sub.name, k, folder_out, report, seconds=time.monotonic() - t0)
+
+    skipped = len(result.outcomes)
+    columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(f"grading {lab.id}", total=len(todo) + skipped, completed=skipped)
+        if skipped:
+            progress.console.print(f"[dim]{skipped} run(s) already graded: skipped (--force grades them again)[/]")
+        with ThreadPoolExecutor(max(1, opts.jobs)) as pool:
+            futures = [pool.submit(one, *task) for task in todo]
+            for future in as_completed(futures):
+                outcome = future.result()
+                result.outcomes.append(outcome)
+                r = outcome.report
+                mark = "[green]✓[/]" if r.get("passed") else "[red]✗[/]"
+                run = f" run {outcome.run}" if opts.repeat > 1 else ""
+                progress.console.print(f"{mark} {outcome.student}{run}: {r.get('score', 0):g}/{r.get('max_score', 0):g}"
+                                       f"  [dim]{outcome.seconds:.0f} s[/]", highlight=False)
+                progress.advance(bar)
+                if on_outcome:
+                    on_outcome(outcome)
+    result.outcomes.sort(key=lambda o: (o.student, o.run))
+    write_summaries(result, opts)
+    return result
+
+
+def write_summaries(result: ClassResult, opts: Options) -> None:
+    out = result.out
+    write_class_csv(result.first_runs(), out / "class.csv")
+    rates = result.pass_rates()
+    if opts.repeat > 1:
+        write_pass_rates_csv(rates, out / "pass-rates.csv")
+    students = {}
+    for name, report in sorted(result.first_runs().items()):
+        runs = [o for o in result.outcomes if o.student == name]
+        failures = [{"run": o.run, "check": c["id"], "state": c["state"], "seed": o.report.get("seed"),
+                     "replay": o.report.get("replay")} for o in runs for c in o.failures]
+        students[name] = {
+            "score": report.get("score"), "max_score": report.get("max_score"), "passed": report.get("passed"),
+            "runs": len(runs),
+            "pass_rate": {cid: (p / n if n else None) for cid, (p, n) in rates.get(name, {}).items()},
+            "failures": failures, "report": str(run_dir(out, name, 1) / "report.json"),
+        }
+        if opts.repeat > 1:
+            (run_dir(out, name, 1) / "repeat.json").write_text(json.dumps(students[name], indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps({"schema": "labkit.class/1", "students": students}, indent=2) + "\n")

@@ -1,0 +1,66 @@
+"""One graded run in a process of its own: `python -m grader.batch.worker ...` (what `labkit grade` starts).
+
+A process per run keeps runs apart (a crash, a leak or a hang of one run cannot take the batch down,
+and the batch can kill it at its deadline) and lets the batch run several at once. It writes every
+per-submission format into --out; the batch reads report.json back.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..checks import CheckResult
+from ..lab import Lab, find_lab
+from ..report import RunReport
+from .outputs import write_all
+
+
+def error_report(lab: Lab, submission: Path, message: str, runtime: str, seed: int = 0) -> RunReport:
+    """A run that could not happen: every check ERROR with the reason, so the student still has a row."""
+    results = [CheckResult.error(spec.id, spec.title or spec.id, spec.points, message, spec.hint or None)
+               for spec in lab.checks]
+    return RunReport(lab=lab.id, title=lab.title, submission=str(submission), seed=seed, runtime=runtime,
+                     started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), duration=0.0,
+                     results=results, notes=[message])
+
+
+def replay_command(lab: Lab, submission: Path, seed: int, runtime: str) -> str:
+    return shlex.join(["labkit", "check", lab.id, "--submission", str(submission), "--seed", str(seed),
+                       "--runtime", runtime])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m grader.batch.worker")
+    parser.add_argument("lab")
+    parser.add_argument("submission", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--runtime", default="auto")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--student", default="")
+    parser.add_argument("--isolated", action="store_true", help="grade in the sandbox (grader/sandbox)")
+    args = parser.parse_args(argv)
+
+    from ..runner import grade
+    from . import grade_options
+
+    lab = find_lab(args.lab)
+    try:
+        report = grade(lab, args.submission, args.runtime, args.seed, args.out,
+                       say=lambda m: print(m, flush=True), **grade_options(args.isolated))
+    except Exception as e:  # grade() reports learner failures itself; this is the grader's own crash
+        (args.out / "grader-error.txt").write_text(traceback.format_exc())
+        report = error_report(lab, args.submission, f"the grader failed ({type(e).__name__}: {e}); not the "
+                              f"student's code - see {args.out / 'grader-error.txt'}", args.runtime, args.seed or 0)
+    extra = {"student": args.student, "replay": replay_command(lab, args.submission, report.seed, report.runtime)}
+    write_all(report, args.out, extra)
+    print(json.dumps({"score": report.score, "max_score": report.max_score, "seed": report.seed}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
