@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from ..history import History, Op
+from ..nemesis import fault_events
 from .generic import check_duplicates, check_final_state, check_lost
 from .result import CheckResult
 
@@ -57,12 +58,25 @@ def _detail(op: Op) -> str:
     return f"request #{op.id}{retry}, key {op.invoke.get('key')}, {op.result.get('status')} at t={op.t_complete:.1f}s"
 
 
+def fault_after(history: History, t: float | None) -> str:
+    """The first fault that bit after time t (or overlapped it): the likely exposer of a loss."""
+    if t is None:
+        return ""
+    for f in sorted(fault_events(history), key=lambda f: f["start"] or 0):
+        if f["effective"] and f["end"] is not None and f["end"] >= t:
+            how = (f.get("detail") or {}).get("how")
+            return (f"; first fault after it: {f.get('description') or f['fault'] + ' ' + str(f['target'])}"
+                    f"{f' ({how})' if how else ''} at t={f['start']:.1f}s")
+    return "; no fault after it"
+
+
 def check_no_lost_orders(history: History, **args) -> CheckResult:
     """Every order answered 201 is in the downstream table."""
     if (bad := unreadable(history, **args)) is not None:
         return bad
     orders, _ = downstream(history)
-    acked = {o: f"{op.invoke['body'].get('customer_id')}, {op.invoke['body'].get('amount_cents')} cents ({_detail(op)})"
+    acked = {o: f"{op.invoke['body'].get('customer_id')}, {op.invoke['body'].get('amount_cents')} cents "
+                f"({_detail(op)}{fault_after(history, op.t_complete)})"
              for o, op in placed(history).items()}
     return check_lost(acknowledged=acked, applied=set(orders), **args)
 
@@ -86,15 +100,21 @@ def check_no_duplicate_effects(history: History, **args) -> CheckResult:
             ids_per_key[key].add(str(result["order_id"]))
         if op.type in ("ok", "info") and (bk := _body_key(body)):
             keys_per_body[bk].add(key)
+    first_t: dict[str, float] = {}
+    for op in history.ops("place"):
+        if op.invoke.get("key"):
+            first_t.setdefault(op.invoke["key"], op.t_invoke)
     evidence = [f"idempotency key {k} -> {len(v)} different order ids: {', '.join(sorted(v))}"
-                for k, v in sorted(ids_per_key.items()) if len(v) > 1]
+                f"{fault_after(history, first_t.get(k))}" for k, v in sorted(ids_per_key.items()) if len(v) > 1]
 
     rows_per_body = Counter((str(c), a) for c, a, _ in orders.values())
     for (customer, amount), n in sorted(rows_per_body.items()):
         allowed = len(keys_per_body.get((customer, amount), ()))
         if n > allowed:
+            keys = sorted(keys_per_body.get((customer, amount), ()))
             evidence.append(f"{n} orders of {customer} for {amount} cents downstream, but only {allowed} "
-                            f"request key(s) with that body could have placed one")
+                            f"request key(s) with that body could have placed one ({', '.join(keys)})"
+                            f"{fault_after(history, min((first_t[k] for k in keys if k in first_t), default=None))}")
 
     expected: dict[str, int] = {}
     for customer, amount, status in orders.values():
@@ -107,6 +127,10 @@ def check_no_duplicate_effects(history: History, **args) -> CheckResult:
             observed[f"{customer} total_cents"], observed[f"{customer} order_count"] = cents, count
     effects = check_duplicates(expected=expected, observed=observed, **args)
     evidence = effects.evidence + evidence
+    if evidence:
+        bit = Counter(f"{f['fault']} of {f['target']}" for f in fault_events(history) if f["effective"])
+        evidence.append("faults that redeliver or retry in this run: " +
+                        (", ".join(f"{k} x{n}" for k, n in sorted(bit.items())) or "none"))
     if evidence:
         return CheckResult.verdict(passed=False, message=effects.message if not effects.passed else
                                    f"{len(evidence)} effect(s) applied more than once", evidence=evidence, **args)
