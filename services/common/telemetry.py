@@ -1,26 +1,46 @@
-"""OpenTelemetry setup: export over OTLP/HTTP only when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
+"""OpenTelemetry setup: export over OTLP only when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+
+The protocol follows OTEL_EXPORTER_OTLP_PROTOCOL (http/protobuf by default, grpc if asked). Spans
+are batched; the provider is shut down at exit, which exports what the batch still holds - so a
+service that returns normally on SIGTERM loses no spans (a SIGKILL loses the batch).
+"""
 from __future__ import annotations
 
 import atexit
 import os
+from typing import Mapping
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 
 def setup(service: str) -> trace.Tracer:
     name = os.environ.get("OTEL_SERVICE_NAME", service)
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and not isinstance(trace.get_tracer_provider(), TracerProvider):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
         provider = TracerProvider(resource=Resource.create({"service.name": name}))
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(_exporter()))
         trace.set_tracer_provider(provider)
         atexit.register(provider.shutdown)  # flush buffered spans on a clean exit (SIGTERM included)
     return trace.get_tracer(name)
+
+
+def _exporter() -> SpanExporter:
+    if os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").strip() == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()  # http/protobuf (the Python exporter has no http/json)
+
+
+def extract_http(headers: Mapping[str, str]) -> Context:
+    """The caller's trace context from HTTP request headers (W3C traceparent), so a SERVER span
+    continues the client's trace instead of starting a new one."""
+    return propagate.extract(headers)
 
 
 def inject_headers() -> list[tuple[str, bytes]]:
