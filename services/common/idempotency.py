@@ -11,9 +11,11 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import psycopg
+from fastapi.responses import JSONResponse, Response
+from psycopg_pool import ConnectionPool
 
 from services.common.http import ApiError
 
@@ -93,3 +95,31 @@ class IdempotencyStore:
 
     def release(self, conn: psycopg.Connection, key: str) -> None:
         conn.execute("UPDATE idempotency_keys SET state = 'released' WHERE key = %s", (key,))
+
+
+def replayed(replay: Replay) -> Response:
+    """The stored first response, byte for byte, marked as a replay."""
+    return Response(replay.body, replay.status, headers={"Idempotent-Replayed": "true"}, media_type="application/json")
+
+
+def idempotent(pool: ConnectionPool, store: IdempotencyStore, key: str, fp: str,
+               work: Callable[[Claim], tuple[int, Any]]) -> Response:
+    """Claim the key, do the work once, store its response; replay it for retries.
+
+    Three transactions: the claim, whatever `work` does, the stored response. (Lab 2's order
+    service folds the last two into one, see services/order_service.)
+    """
+    with pool.connection() as conn:
+        outcome = store.begin(conn, key, fp)
+    if isinstance(outcome, Replay):
+        return replayed(outcome)
+    try:
+        status, body = work(outcome)
+    except BaseException:
+        with pool.connection() as conn:
+            store.release(conn, key)
+        raise
+    response = JSONResponse(body, status)
+    with pool.connection() as conn:
+        store.finish(conn, key, status, bytes(response.body))
+    return response

@@ -6,7 +6,7 @@ from typing import Any, Callable
 from fastapi.responses import JSONResponse, Response
 
 from services.common.http import parse_body
-from services.common.idempotency import SCHEMA, Claim, IdempotencyStore, Replay, fingerprint, require_key
+from services.common.idempotency import SCHEMA, Claim, IdempotencyStore, fingerprint, idempotent, require_key
 from services.common.orders.api import CancelIn, OrderApiBase, OrderIn, serve_api
 
 
@@ -19,21 +19,7 @@ class OrderApi(OrderApiBase):
 
     def idempotent(self, key: str, fp: str, work: Callable[[Claim], tuple[int, Any]]) -> Response:
         """Claim the key, do the work once, store its response; replay it for retries."""
-        with self.pool.connection() as conn:
-            outcome = self.store.begin(conn, key, fp)
-        if isinstance(outcome, Replay):
-            return Response(outcome.body, outcome.status, headers={"Idempotent-Replayed": "true"},
-                            media_type="application/json")
-        try:
-            status, body = work(outcome)
-        except BaseException:
-            with self.pool.connection() as conn:
-                self.store.release(conn, key)
-            raise
-        response = JSONResponse(body, status)
-        with self.pool.connection() as conn:
-            self.store.finish(conn, key, status, bytes(response.body))
-        return response
+        return idempotent(self.pool, self.store, key, fp, work)
 
     def place(self, key: str | None, raw: bytes) -> JSONResponse:
         key = self.require_key(key)

@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from services.common import db
 from services.common.http import parse_body, serve
-from services.common.idempotency import Claim, IdempotencyStore, Replay, fingerprint, require_key
+from services.common.idempotency import Claim, IdempotencyStore, Replay, fingerprint, replayed, require_key
 from services.common.log import get_logger
 from services.common.orders.api import CancelIn, OrderIn, order_routes
 from services.common.orders.events import storable_text
@@ -48,8 +48,7 @@ class OrderService:
         with self.pool.connection() as conn:
             outcome = self.store.begin(conn, key, fp)  # committed at once: a concurrent retry gets 409
         if isinstance(outcome, Replay):
-            return Response(outcome.body, outcome.status, headers={"Idempotent-Replayed": "true"},
-                            media_type="application/json")
+            return replayed(outcome)
         try:
             with self.pool.connection() as conn, conn.transaction():
                 status, body = work(conn, outcome)
@@ -71,7 +70,8 @@ class OrderService:
             conn.execute("""INSERT INTO orders (order_id, customer_id, amount_cents, status, version)
                             VALUES (%s, %s, %s, 'placed', 1)""", (order_id, order.customer_id, order.amount_cents))
             payload = events.order_payload(order_id, order.customer_id, order.amount_cents, "placed", 1)
-            events.append(conn, claim.event_id, events.ORDER, order_id, "OrderPlaced", payload)
+            events.append(conn, claim.event_id, events.ORDER, order_id, "OrderPlaced", payload,
+                          events.current_traceparent())  # the request's trace, carried by the row
             return 201, {"order_id": order_id, "customer_id": order.customer_id,
                          "amount_cents": order.amount_cents, "status": "placed"}
 
@@ -94,7 +94,8 @@ class OrderService:
                 conn.execute("UPDATE orders SET status = 'cancelled', version = %s, updated_at = now() "
                              "WHERE order_id = %s", (version, order_id))
                 payload = events.order_payload(order_id, customer_id, amount, "cancelled", version)
-                events.append(conn, claim.event_id, events.ORDER, order_id, "OrderCancelled", payload)
+                events.append(conn, claim.event_id, events.ORDER, order_id, "OrderCancelled", payload,
+                              events.current_traceparent())
             return 200, {"order_id": order_id, "status": "cancelled"}
 
         return self.idempotent(key, fingerprint("POST", f"/orders/{order_id}/cancel", data), work)

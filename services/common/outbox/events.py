@@ -36,11 +36,11 @@ def current_traceparent() -> str | None:
 
 
 def append(conn: psycopg.Connection, event_id: str, aggregatetype: str, aggregateid: str, type_: str,
-           payload: dict) -> None:
-    """Insert one outbox row in the caller's transaction: it commits with the state change or not at all."""
+           payload: dict, traceparent: str | None) -> None:
+    """Insert one outbox row in the caller's transaction (it commits with the caller's changes)."""
     conn.execute("""INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload, traceparent)
                     VALUES (%s, %s, %s, %s, %s, %s)""",
-                 (event_id, aggregatetype, aggregateid, type_, json.dumps(payload), current_traceparent()))
+                 (event_id, aggregatetype, aggregateid, type_, json.dumps(payload), traceparent))
 
 
 def parse_record(key: bytes | None, value: bytes | None, headers: list | None) -> dict:

@@ -1,0 +1,3 @@
+from .projector import main
+
+main()
