@@ -1,0 +1,278 @@
+"""Grading a class: discovery of every layout, safe archive extraction, resumable parallel runs, --repeat
+pass rates, `labkit grade` end to end on a small class, and the bundles (student, Gradescope, Classroom)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from grader import cli
+from grader.batch import bundle
+from grader.batch.archive import Limits, UnsafeArchive, extract
+from grader.batch.discover import discover, fingerprint, materialize, service_root
+from grader.batch.run import ClassResult, RunOutcome
+from grader.lab import REPO_ROOT, find_lab
+
+MUTANTS = REPO_ROOT / "tests" / "mutants" / "lab1"
+
+
+@pytest.fixture(scope="module")
+def lab():
+    return find_lab("lab-1")
+
+
+def services(folder: Path) -> Path:
+    """A minimal submission: the two service packages of lab 1 (their content is not run here)."""
+    for name in ("order_api", "read_model"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "__main__.py").write_text("print('hello')\n")
+    return folder
+
+
+def zip_of(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+# --- archives ---------------------------------------------------------------------------------
+
+def test_archive_extracts_a_submission_with_its_wrapper_folder(tmp_path, lab):
+    archive = zip_of(tmp_path / "alice.zip", {"alice-lab1/order_api/__main__.py": b"x", "alice-lab1/read_model/__main__.py": b"y",
+                                              "__MACOSX/._junk": b"z"})
+    extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out" / "__MACOSX").exists()
+    assert service_root(tmp_path / "out", lab) == tmp_path / "out" / "alice-lab1"
+
+
+@pytest.mark.parametrize("name", ["../evil.py", "/etc/evil.py", "a/../../evil.py", "C:/evil.py"])
+def test_archive_refuses_paths_outside_its_folder(tmp_path, name):
+    archive = zip_of(tmp_path / "bad.zip", {"ok.py": b"x", name: b"evil"})
+    with pytest.raises(UnsafeArchive):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "evil.py").exists() and not (tmp_path / "out").exists()
+
+
+def test_archive_skips_links_and_devices(tmp_path):
+    path = tmp_path / "links.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        data = b"print(1)\n"
+        info = tarfile.TarInfo("sub/main.py")
+        info.size, info.mode = len(data), 0o4755  # setuid must not survive
+        tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("sub/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+        hard = tarfile.TarInfo("sub/hard")
+        hard.type, hard.linkname = tarfile.LNKTYPE, "/etc/shadow"
+        tf.addfile(hard)
+        fifo = tarfile.TarInfo("sub/fifo")
+        fifo.type = tarfile.FIFOTYPE
+        tf.addfile(fifo)
+    skipped = extract(path, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out" / "sub").iterdir()) == ["main.py"]
+    assert len(skipped) == 3
+    assert not (tmp_path / "out" / "sub" / "main.py").stat().st_mode & stat.S_ISUID
+
+
+def test_archive_caps_what_it_unpacks(tmp_path):
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.bin", b"\0" * (4 << 20))  # 4 MiB of zeros compress to a few KiB
+    assert bomb.stat().st_size < 64 << 10
+    with pytest.raises(UnsafeArchive, match="larger than"):
+        extract(bomb, tmp_path / "out", Limits(file_bytes=1 << 20))
+    many = zip_of(tmp_path / "many.zip", {f"f{i}.py": b"x" for i in range(20)})
+    with pytest.raises(UnsafeArchive, match="more than 10 files"):
+        extract(many, tmp_path / "out2", Limits(files=10))
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(UnsafeArchive, match="cannot read"):
+        extract(tmp_path / "broken.zip", tmp_path / "out3")
+
+
+# --- discovery --------------------------------------------------------------------------------
+
+def test_discovers_folders_git_clones_and_archives(tmp_path, lab):
+    root = tmp_path / "class"
+    services(root / "alice")
+    services(root / "bob" / "src")  # services one level down
+    subprocess.run(["git", "init", "-q", str(root / "bob")], check=True)
+    zip_of(root / "carol.zip", {"carol/order_api/__main__.py": b"x", "carol/read_model/__main__.py": b"y"})
+    (root / "notes.txt").write_text("not a submission")
+    subs = discover(root, lab, tmp_path / "work")
+    assert [(s.name, s.kind) for s in subs] == [("alice", "folder"), ("bob", "git"), ("carol", "archive")]
+    assert materialize(subs[1], lab, tmp_path / "work") == root / "bob" / "src"
+    assert materialize(subs[2], lab, tmp_path / "work") == tmp_path / "work" / "carol" / "carol"
+
+
+def test_discovers_a_github_classroom_export(tmp_path, lab):
+    root = tmp_path / "lab-1-submissions"
+    for login in ("ada-l", "grace"):
+        services(root / f"lab-1-exactly-once-{login}")
+    assert [s.name for s in discover(root, lab, tmp_path / "work")] == ["ada-l", "grace"]
+
+
+def test_discovers_a_gradescope_export_with_its_metadata(tmp_path, lab):
+    export = tmp_path / "export"
+    services(export / "assignment_1_export" / "submission_101")
+    services(export / "assignment_1_export" / "submission_102")
+    (export / "assignment_1_export" / "submission_metadata.yml").write_text(yaml.safe_dump({
+        "submission_101": {":submitters": [{":name": "Ada L", ":sid": "s1", ":email": "ada@uni.edu"}], ":score": 0},
+        "submission_102": {":submitters": [{":name": "Grace H", ":email": "grace@uni.edu"},
+                                           {":name": "Alan T", ":email": "alan@uni.edu"}]},
+    }))
+    shutil.make_archive(str(tmp_path / "gradescope"), "zip", export)
+    subs = discover(tmp_path / "gradescope.zip", lab, tmp_path / "work")
+    assert [(s.name, s.people) for s in subs] == [("s1", ["Ada L"]), ("grace+alan", ["Grace H", "Alan T"])]
+
+
+def test_a_single_submission_is_a_class_of_one(tmp_path, lab):
+    services(tmp_path / "submission")
+    assert [s.name for s in discover(tmp_path / "submission", lab, tmp_path / "work")] == ["submission"]
+
+
+def test_fingerprint_changes_with_the_submission(tmp_path, lab):
+    services(tmp_path / "alice")
+    (sub,) = discover(tmp_path / "alice", lab, tmp_path / "work")
+    before = fingerprint(sub)
+    (tmp_path / "alice" / "__pycache__").mkdir()
+    (tmp_path / "alice" / "__pycache__" / "x.pyc").write_bytes(b"noise")
+    assert fingerprint(sub) == before
+    (tmp_path / "alice" / "order_api" / "__main__.py").write_text("print('changed')\n")
+    assert fingerprint(sub) != before
+
+
+# --- repeat: pass rates -----------------------------------------------------------------------
+
+def test_pass_rates_count_runs_per_check(tmp_path):
+    def outcome(run, states):
+        return RunOutcome("alice", run, tmp_path, {"checks": [{"id": cid, "state": s} for cid, s in states.items()]})
+    result = ClassResult(tmp_path, [outcome(1, {"a": "PASS", "b": "FAIL", "c": "SKIP"}),
+                                    outcome(2, {"a": "PASS", "b": "PASS", "c": "SKIP"}),
+                                    outcome(3, {"a": "PASS", "b": "ERROR", "c": "PASS"})])
+    assert result.pass_rates() == {"alice": {"a": (3, 3), "b": (1, 3), "c": (1, 1)}}
+
+
+# --- labkit grade -----------------------------------------------------------------------------
+
+def test_grade_refuses_to_run_unisolated_without_being_told(tmp_path, monkeypatch):
+    import grader.batch as batch
+
+    monkeypatch.setattr(batch, "isolation_available", lambda: "no user namespaces here")
+    services(tmp_path / "class" / "alice")
+    result = CliRunner().invoke(cli.app, ["grade", "lab-1", str(tmp_path / "class"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "no user namespaces here" in result.output and "--trust-submissions" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def graded_class(tmp_path_factory):
+    """A class of three, graded once for real: the reference, a mutant, and one that does not start."""
+    root = tmp_path_factory.mktemp("class")
+    shutil.copytree(REPO_ROOT / "services", root / "submissions" / "reference",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(MUTANTS / "ack_before_broker", root / "submissions" / "mutant")
+    broken = services(root / "submissions" / "broken")
+    (broken / "order_api" / "__main__.py").write_text("raise SystemExit('missing configuration')\n")
+    out = root / "graded"
+    argv = [sys.executable, "-m", "grader.cli", "grade", "lab-1", str(root / "submissions"), "--out", str(out),
+            "--jobs", "2", "--runtime", "native", "--trust-submissions"]
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    return out, first, again
+
+
+def test_grade_writes_every_format_per_student_and_a_class_table(graded_class, lab):
+    out, first, _ = graded_class
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    reports = {name: json.loads((out / name / "report.json").read_text()) for name in ("reference", "mutant", "broken")}
+    assert reports["reference"]["passed"], json.dumps(reports["reference"]["checks"], indent=1)[:3000]
+    mutant_failed = {c["id"] for c in reports["mutant"]["checks"] if c["state"] != "PASS"}
+    assert "no-lost-orders" in mutant_failed
+    assert all(c["state"] == "ERROR" for c in reports["broken"]["checks"]) and reports["broken"]["score"] == 0
+    for name, report in reports.items():
+        assert report["student"] == name and "--submission" in report["replay"] and str(report["seed"]) in report["replay"]
+        for file in ("junit.xml", "results.json", "classroom.json", "report.html", "meta.json", "worker.log"):
+            assert (out / name / file).exists(), f"{name}/{file}"
+    rows = (out / "class.csv").read_text().splitlines()
+    assert rows[0].startswith("student,score,max_score,passed," + ",".join(c.id for c in lab.checks))
+    assert [r.split(",")[0] for r in rows[1:]] == ["broken", "mutant", "reference"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["students"]["mutant"]["failures"] and all(f["replay"] for f in summary["students"]["mutant"]["failures"])
+
+
+def test_grade_again_skips_what_is_graded(graded_class):
+    out, first, again = graded_class
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "3 run(s) already graded" in again.stdout
+
+
+# --- bundles ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def student_kit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "kit"
+    bundle.student(out)
+    return out
+
+
+def test_student_bundle_has_no_reference_mutants_or_grader_tests(student_kit):
+    assert sorted(p.name for p in (student_kit / "services").iterdir()) == ["__init__.py", "common"]
+    assert not (student_kit / "tests").exists() and not (student_kit / ".ci").exists()
+    assert (student_kit / "labs" / "lab-1-exactly-once" / "starter").is_dir()
+    assert (student_kit / "Makefile").exists() and (student_kit / "pyproject.toml").exists()
+    leaked = [p for p in student_kit.rglob("*") if p.name in ("order_api", "read_model") and "starter" not in p.parts]
+    assert not leaked
+
+
+def test_labkit_runs_from_the_student_bundle(student_kit):
+    env = {**os.environ, "PYTHONPATH": str(student_kit)}
+    code = "import grader, sys; from grader.cli import app; print(grader.__file__); sys.argv=['labkit','labs']; app()"
+    out = subprocess.run([sys.executable, "-c", code], cwd=student_kit, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[0].startswith(str(student_kit)), "the bundle's own grader must be the one run"
+    assert "lab-1" in out.stdout
+    dry = subprocess.run(["make", "-n", "check-1", "lab-1"], cwd=student_kit, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "labkit check lab-1" in dry.stdout and "labkit run lab-1" in dry.stdout
+
+
+def test_gradescope_bundle(tmp_path, lab):
+    names = bundle.gradescope(lab, tmp_path / "autograder.zip")
+    assert "setup.sh" in names and "run_autograder" in names, "both must sit at the zip's root"
+    assert not [n for n in names if n.startswith(("kit/tests/", "kit/services/order_api", "kit/services/read_model"))]
+    bundle.unpack_gradescope(tmp_path / "autograder.zip", tmp_path / "source")
+    for script in ("setup.sh", "run_autograder"):
+        path = tmp_path / "source" / script
+        assert os.access(path, os.X_OK), f"{script} must be executable"
+        assert subprocess.run(["bash", "-n", str(path)]).returncode == 0, f"{script}: bash syntax"
+    run = (tmp_path / "source" / "run_autograder").read_text()
+    assert "labkit grade lab-1 /autograder/submission" in run and "--runtime native" in run
+    assert "/autograder/results/results.json" in run
+
+
+def test_classroom_bundle_has_the_workflow_the_reporter_needs(tmp_path, lab):
+    workflow = bundle.classroom(lab, tmp_path / "template")
+    flow = yaml.safe_load(workflow.read_text())
+    assert flow["name"] == "Autograding Tests" and list(flow["jobs"]) == ["run-autograding-tests"]
+    steps = flow["jobs"]["run-autograding-tests"]["steps"]
+    grade = next(s for s in steps if s.get("id") == "labkit")
+    assert "labkit check lab-1" in grade["run"] and "grader.report.classroom" in grade["run"]
+    reporter = next(s for s in steps if "autograding-grading-reporter" in s.get("uses", ""))
+    assert reporter["with"]["runners"] == "labkit"
+    assert reporter["env"]["LABKIT_RESULTS"] == "${{ steps.labkit.outputs.result }}"
+    assert not (tmp_path / "template" / "services" / "order_api").exists()
