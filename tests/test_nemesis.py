@@ -1,4 +1,5 @@
-"""The nemesis against real servers: crash points, the TCP fault proxy, duplicate injection."""
+"""The nemesis against real servers: crash points, the TCP fault proxy, duplicate injection, and
+each fault of grader.nemesis applied to small throwaway services."""
 from __future__ import annotations
 
 import os
@@ -10,16 +11,26 @@ import textwrap
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pika
+import psutil
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from grader.history import History
+from grader.kafka import CLIENT_DEFAULTS, QUIET, end_offsets, ensure_topics
+from grader.lab import HttpSpec, ServiceSpec
+from grader.launch import Service, launch_services
+from grader.nemesis import (CrashPoint, Cut, Delay, Duplicates, HoldThenKill, Kill, OneWayCut, Pause,
+                            ResetConnections, RestartServer, fault_events, why_not)
 from grader.nemesis.crashpoints import crash_env, crash_reached
 from grader.nemesis.duplicates import inject_duplicates, read_all
 from grader.nemesis.proxy import TcpProxy
-from grader.kafka import CLIENT_DEFAULTS, QUIET, end_offsets, ensure_topics
 from grader.stack import make_stack
 from grader.stack.procs import free_port
 from grader.wait import wait_until
@@ -307,10 +318,19 @@ def test_proxy_delay_is_latency_each_way(echo_server):
         assert time.monotonic() - t0 < 0.3
 
 
+def via(url: str, port: int) -> str:
+    """The same URL (credentials, database) through another port."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{port}"))
+
+
+def postgres_port(stack) -> int:
+    return urlsplit(stack.url("postgres")).port
+
+
 def test_proxy_cut_heal_delay_reset_on_postgres(native_stack):
-    port = int(native_stack.url("postgres").rsplit(":", 1)[1].split("/")[0])
-    with TcpProxy("127.0.0.1", port) as proxy:
-        url = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    with TcpProxy("127.0.0.1", postgres_port(native_stack)) as proxy:
+        url = via(native_stack.url("postgres"), proxy.port)
         conn = psycopg.connect(url, autocommit=True)
         assert conn.execute("SELECT 1").fetchone()[0] == 1
         proxy.reset()
@@ -403,3 +423,304 @@ def test_read_all_ends_at_a_transaction_marker(native_stack):
     assert [m.value() for m in read_all(bootstrap, topic, timeout=20)] == [b"v0", b"v1", b"v2"]
     assert time.monotonic() - t0 < 10
     assert len(inject_duplicates(bootstrap, topic, 2, seed=1)) == 2
+
+
+# --- the faults of grader.nemesis, each on a small throwaway service or a real server ---
+
+@dataclass
+class FakeRun:
+    """What a fault needs of a run (grader.nemesis.Target)."""
+
+    stack: Any
+    out_dir: Path
+    services: dict[str, Service] = field(default_factory=dict)
+    proxies: dict[str, TcpProxy] = field(default_factory=dict)
+    history: History = field(default_factory=History)
+
+    def add(self, name: str, script: str, *args: str, http: bool = False) -> Service:
+        spec = ServiceSpec(name, ["python", "-c", textwrap.dedent(script), *args], http=HttpSpec() if http else None)
+        submission = self.out_dir / "submission"
+        submission.mkdir(exist_ok=True)
+        self.services[name] = launch_services({name: spec}, submission, {}, self.out_dir / "logs")[name]
+        return self.services[name]
+
+    def faults(self) -> list[tuple[str, dict]]:
+        return [(e.data["phase"], e.data) for e in self.history.events("fault")]
+
+
+@pytest.fixture
+def run(native_stack, tmp_path):
+    run = FakeRun(native_stack, tmp_path)
+    yield run
+    for svc in run.services.values():
+        svc.stop(timeout=2)
+
+
+SLEEPER = """
+    import subprocess, sys, time
+    if sys.argv[1:] == ["with-child"]:  # a process group of two
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    while True:
+        time.sleep(0.1)
+"""
+
+WEB = """
+    import os
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+        def log_message(self, *args):
+            pass
+    HTTPServer(("127.0.0.1", int(os.environ["PORT"])), Health).serve_forever()
+"""
+
+
+def test_kill_sigkills_now_and_starts_the_service_again(run):
+    web = run.add("web", WEB, http=True)
+    web.start().wait_healthy()
+    first = web.proc.pid
+    fault = Kill("web")
+    assert fault.apply(run) is True
+    assert web.proc.pid != first and web.alive() and not web.died_on_its_own
+    (start, s), (end, e) = run.faults()
+    assert (start, end) == ("start", "end") and e["effective"] and e["pid"] == first
+    summary = fault_events(run.history)[0]
+    assert summary["description"] == f"SIGKILL web (pid {first}), then start it again"
+
+    web.kill()
+    assert Kill("web", restart=False).apply(run) is False  # nothing was running: it did not bite
+    assert not web.alive() and run.faults()[-1][1]["note"] == "the service was not running"
+
+
+DB_WRITER = """
+    import os, sys, time, psycopg
+    url, table = sys.argv[1:]
+    with psycopg.connect(url) as conn:
+        while True:
+            conn.execute(f"INSERT INTO {table} VALUES (%s)", (os.getpid(),))
+            conn.commit()
+            time.sleep(0.05)
+"""
+
+
+def test_crash_point_kills_at_the_nth_call_and_restarts_unarmed(run, native_stack):
+    url = native_stack.namespace(prefix="nem").database_url
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (pid int)")
+    writer = run.add("writer", DB_WRITER, url, table)
+    fault = CrashPoint("writer", "db-commit", "after", nth=3, fallback_after=20)
+    assert fault.apply(run) is True
+    end = run.faults()[-1][1]
+    killed = end["pid"]
+    assert end["how"] == "crash-point" and end["reached"]["nth"] == 3 and end["reached"]["pid"] == killed
+    assert writer.alive() and writer.proc.pid != killed and writer.extra_env == {}  # the new life is unarmed
+    with psycopg.connect(url) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {table} WHERE pid = %s", (killed,)).fetchone()[0] == 3
+    assert "just after its database commit #3" in fault.describe()
+
+
+def test_crash_point_never_reached_becomes_a_plain_sigkill(run):
+    """A service that never calls the point is killed anyway, after the bound, and says so."""
+    sleeper = run.add("sleeper", SLEEPER)
+    fault = CrashPoint("sleeper", "consumer-ack", "before", nth=1, fallback_after=1.5)
+    t0 = time.monotonic()
+    with fault.active(run) as running:
+        assert running
+        killed = sleeper.proc.pid
+    assert time.monotonic() - t0 >= 1.5
+    end = run.faults()[-1][1]
+    assert end["effective"] and end["how"] == "fallback-kill" and end["pid"] == killed
+    assert sleeper.alive() and sleeper.proc.pid != killed
+    assert "not reached within 1.5 s: a plain SIGKILL instead" in end["description"]
+
+
+SLOT_ADVANCER = """
+    import sys, psycopg
+    url, slot = sys.argv[1:]
+    with psycopg.connect(url, autocommit=True) as conn:
+        for i in range(4):
+            conn.execute("SELECT 1")  # not an advance: not counted
+            conn.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", (slot,))
+"""
+
+
+def test_slot_advance_crash_point_counts_advances_only(native_stack, tmp_path):
+    url = native_stack.namespace(prefix="nem").database_url
+    slot = f"s_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", (slot,))
+    try:
+        marker = tmp_path / "crash.json"
+        proc = run_crashing(SLOT_ADVANCER, "slot-advance", "before", 2, marker, url, slot)
+        assert_killed_at(proc, marker, "slot-advance", "before", 2)
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+
+AUTO_COMMIT_CONSUMER = """
+    import sys, psycopg
+    from confluent_kafka import Consumer
+    bootstrap, topic, group, url, table = sys.argv[1:]
+    conn = psycopg.connect(url)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                         "enable.auto.commit": True, "session.timeout.ms": 6000})  # librdkafka: every 5 s
+    consumer.subscribe([topic])
+    while True:
+        m = consumer.poll(0.5)
+        if m is not None and m.error() is None:
+            conn.execute(f"INSERT INTO {table} VALUES (%s)", (m.offset(),))
+            conn.commit()
+"""
+
+
+def test_hold_then_kill_lets_a_background_auto_commit_through(run, native_stack):
+    """Held just before its 3rd database commit (record offset 2), the consumer's librdkafka thread
+    still auto-commits the offsets poll() handed out: after the kill, the group's committed offset
+    covers a record whose effect never happened. The dangerous window exists; the fault opens it."""
+    bootstrap = native_stack.url("kafka")
+    topic, group = fill_topic(bootstrap, 10), f"g-{uuid.uuid4().hex[:6]}"
+    url = native_stack.namespace(prefix="nem").database_url
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (kafka_offset bigint)")
+    run.add("consumer", AUTO_COMMIT_CONSUMER, bootstrap, topic, group, url, table)
+    fault = HoldThenKill("consumer", "db-commit", nth=3, hold=7.0, fallback_after=30, restart=False)
+    assert fault.apply(run) is True
+    end = run.faults()[-1][1]
+    assert end["how"] == "hold-then-kill" and end["reached"]["when"] == "hold"
+    assert run.services["consumer"].exit_code() == -9
+    with psycopg.connect(url) as conn:
+        assert [r[0] for r in conn.execute(f"SELECT kafka_offset FROM {table} ORDER BY 1")] == [0, 1]
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, **CLIENT_DEFAULTS})
+    try:
+        assert c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset == 3  # the held record is "done"
+    finally:
+        c.close()
+
+
+def test_pause_stops_the_whole_process_group_then_resumes_it(run):
+    sleeper = run.add("sleeper", SLEEPER, "with-child")
+    sleeper.start()
+    parent = psutil.Process(sleeper.proc.pid)
+    wait_until(lambda: parent.children(), 10, "the child process")
+    group = [parent, *parent.children()]
+
+    def states() -> set[str]:
+        return {p.status() for p in group}
+
+    with Pause("sleeper", seconds=9).active(run) as running:
+        assert running
+        wait_until(lambda: states() == {psutil.STATUS_STOPPED}, 5, "both processes stopped (state T)")
+    wait_until(lambda: psutil.STATUS_STOPPED not in states(), 5, "both processes running again")
+    assert sleeper.alive()
+    end = run.faults()[-1][1]
+    assert end["effective"] and end["pid"] == parent.pid
+
+
+def test_postgres_immediate_restart_is_seen_mid_transaction_and_keeps_committed_data(run, native_stack):
+    url = native_stack.namespace(prefix="nem").database_url
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (v text)")
+        conn.execute(f"INSERT INTO {table} VALUES ('committed')")
+    server = native_stack.servers["postgres"]
+    in_flight = psycopg.connect(url)
+    in_flight.execute(f"INSERT INTO {table} VALUES ('in flight')")  # a transaction left open
+    fault = RestartServer("postgres")
+    assert fault.apply(run) is True
+    end = run.faults()[-1][1]
+    assert end["pids_after"] != end["pids_before"] and end["mode"] == "immediate"
+    with pytest.raises(psycopg.OperationalError):
+        in_flight.execute(f"INSERT INTO {table} VALUES ('after')")
+        in_flight.commit()
+    in_flight.close()
+    with psycopg.connect(url) as conn:
+        assert [r[0] for r in conn.execute(f"SELECT v FROM {table}")] == ["committed"]
+    log = (server.workdir.path / "postgres.log").read_text()
+    assert "automatic recovery in progress" in log  # an immediate shutdown: crash recovery at start
+
+
+def test_faults_that_cannot_run_here_say_why_and_do_nothing(run):
+    assert Cut("kafka").apply(run) is False  # no proxy in this run
+    assert RestartServer("kafka").apply(run) is False  # the native broker keeps its data in memory
+    assert Kill("nobody").apply(run) is False
+    phases = run.faults()
+    assert [p for p, _ in phases] == ["unavailable"] * 3
+    assert "no fault proxy for kafka" in phases[0][1]["reason"]
+    assert "loses its data on restart" in phases[1][1]["reason"]
+    assert "no service 'nobody'" in phases[2][1]["reason"]
+    assert why_not(run.history, "cut", "kafka").startswith("cut of kafka not injected: the native runtime has no")
+    assert RestartServer("redis", keep_data=False).unavailable(run) is None  # a cache may restart empty
+
+
+def test_postgres_connection_faults_through_the_proxy(run, native_stack):
+    with TcpProxy("127.0.0.1", postgres_port(native_stack)) as proxy:
+        run.proxies["postgres"] = proxy
+        url = via(native_stack.namespace(prefix="nem").database_url, proxy.port)
+        conn = psycopg.connect(url, autocommit=True)
+        conn.execute("SELECT 1")
+        assert ResetConnections("postgres").apply(run) is True
+        assert run.faults()[-1][1]["reset"] == 1
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+        with Cut("postgres").active(run):
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(url, connect_timeout=2)
+        assert run.faults()[-1][1]["effective"] and run.faults()[-1][1]["refused"] >= 1
+        with psycopg.connect(url, autocommit=True) as conn:
+            with Delay("postgres", 200).active(run):
+                t0 = time.monotonic()
+                conn.execute("SELECT 1")
+                assert time.monotonic() - t0 >= 0.4
+            t0 = time.monotonic()
+            conn.execute("SELECT 1")
+            assert time.monotonic() - t0 < 0.3
+        assert run.faults()[-1][1]["effective"]
+
+
+@pytest.fixture(scope="module")
+def kafka_behind_proxy():
+    """A broker of its own that advertises a proxy's port: every client goes through the proxy."""
+    stack = make_stack(["kafka"], "native")
+    kafka = stack.servers["kafka"]
+    kafka.advertised_port = free_port()
+    with stack, TcpProxy("127.0.0.1", kafka.port, listen_port=kafka.advertised_port) as proxy:
+        yield stack, proxy
+
+
+def test_one_way_cut_stores_the_record_while_the_producer_hears_an_error(kafka_behind_proxy, tmp_path):
+    stack, proxy = kafka_behind_proxy
+    run = FakeRun(stack, tmp_path, proxies={"kafka": proxy})
+    bootstrap = stack.url("kafka")
+    topic = fill_topic(bootstrap, 0)
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": False, "retries": 0,
+                         "request.timeout.ms": 2000, "message.timeout.ms": 3000, **QUIET})
+    reports: dict[str, Any] = {}
+
+    def send(value: str) -> None:
+        producer.produce(topic, value=value, on_delivery=lambda err, msg: reports.__setitem__(value, err))
+        producer.flush(20)
+
+    send("before")
+    with OneWayCut("kafka").active(run) as running:
+        assert running
+        send("during")
+    send("after")
+    assert reports["before"] is None and reports["during"] is not None and reports["after"] is None
+    end = run.faults()[-1][1]
+    assert end["effective"] and end["dropped_bytes"] > 0 and end["reset"] >= 1
+    # Read after the heal: the broker advertises the proxy, so no Kafka client can bypass it.
+    assert [m.value() for m in read_all(bootstrap, topic)] == [b"before", b"during", b"after"]
+
+
+def test_duplicates_fault_records_the_originals(run, native_stack):
+    bootstrap = native_stack.url("kafka")
+    topic = fill_topic(bootstrap, 10, partitions=2)
+    assert Duplicates(topic, 3, seed=5).apply(run) is True
+    end = run.faults()[-1][1]
+    assert len(end["originals"]) == 3 and all(len(po) == 2 for po in end["originals"])
+    assert len(read_all(bootstrap, topic)) == 13

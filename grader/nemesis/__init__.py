@@ -1,4 +1,15 @@
-"""The nemesis: faults as small reusable parts (see base.py for the shape every fault follows)."""
-from .base import Fault, Need, Target, fault_events, happened, why_not
+"""The nemesis: faults as small reusable parts (see base.py for the shape every fault follows).
 
-__all__ = ["Fault", "Need", "Target", "fault_events", "happened", "why_not"]
+Services:  Kill, CrashPoint, HoldThenKill, Pause                     (process.py)
+Servers:   RestartServer                                             (servers.py)
+Network:   Cut, OneWayCut, Delay, ResetConnections (through a proxy) (network.py)
+Topics:    Duplicates                                                (duplicates.py)
+"""
+from .base import Fault, Need, Target, fault_events, happened, why_not
+from .duplicates import Duplicates
+from .network import Cut, Delay, OneWayCut, ResetConnections
+from .process import CrashPoint, HoldThenKill, Kill, Pause
+from .servers import RestartServer
+
+__all__ = ["CrashPoint", "Cut", "Delay", "Duplicates", "Fault", "HoldThenKill", "Kill", "Need", "OneWayCut",
+           "Pause", "ResetConnections", "RestartServer", "Target", "fault_events", "happened", "why_not"]

@@ -42,8 +42,9 @@ class Target(Protocol):
 @dataclass(frozen=True)
 class Need:
     """Something a fault requires of the runtime. kind: "proxy" (a fault proxy in front of a server),
-    "restart" (a server that can be restarted), "durable-restart" (... keeping its data),
-    "service" (a process of the submission)."""
+    "server" (a server of that kind in the stack), "restart" (a server that can be restarted),
+    "durable-restart" (... keeping its data), "service" (a process of the submission).
+    Servers say what they can do with `restartable` / `durable` attributes; no attribute means no."""
 
     kind: str
     target: str
@@ -51,13 +52,15 @@ class Need:
     def missing(self, run: Target) -> str | None:
         if self.kind == "proxy":
             return None if self.target in run.proxies else f"the {_runtime(run)} runtime has no fault proxy for {self.target}"
-        if self.kind in ("restart", "durable-restart"):
+        if self.kind in ("server", "restart", "durable-restart"):
             server = run.stack.servers.get(self.target)
             if server is None:
                 return f"no {self.target} server in this stack"
-            if not getattr(server, "restartable", True):
+            if self.kind == "server":
+                return None
+            if not getattr(server, "restartable", False):
                 return f"{self.target} cannot be restarted on the {_runtime(run)} runtime"
-            if self.kind == "durable-restart" and not getattr(server, "durable", True):
+            if self.kind == "durable-restart" and not getattr(server, "durable", False):
                 return f"{self.target} loses its data on restart on the {_runtime(run)} runtime"
             return None
         if self.kind == "service":
@@ -109,6 +112,8 @@ class Fault(ABC):
         """Undo the fault (restart what was killed, heal the proxy). Must be safe after a failed inject."""
 
     def describe(self) -> str:
+        """What it does, in words a learner reads in the report. Recorded at start and again at the
+        end, when self.detail can fill in what only injecting revealed (a pid, a fallback)."""
         return f"{self.kind} {self.target}"
 
     # --- the lifecycle, recorded -----------------------------------------------------------
@@ -121,7 +126,7 @@ class Fault(ABC):
         """Inject on enter, heal on exit; yields False (and records why) if it cannot run here."""
         reason = self.unavailable(run)
         if reason:
-            self._record(run, "unavailable", reason=reason)
+            self._record(run, "unavailable", reason=reason, description=self.describe())
             yield False
             return
         self._record(run, "start", description=self.describe())
@@ -132,7 +137,7 @@ class Fault(ABC):
             try:
                 self.heal(run)
             finally:
-                self._record(run, "end", effective=self.effective, **self.detail)
+                self._record(run, "end", effective=self.effective, description=self.describe(), **self.detail)
 
     def apply(self, run: Target) -> bool:
         """The whole fault on its own: inject, hold, heal. True if it bit."""
@@ -159,9 +164,12 @@ def fault_events(history: "History") -> list[dict]:
         elif d.get("phase") == "end":
             f["end"] = e.t
             f["effective"] = bool(d.get("effective"))
-            f["detail"] = {k: v for k, v in d.items() if k not in ("fault", "target", "fid", "phase", "effective")}
+            f["description"] = d.get("description") or f.get("description")  # the end knows more
+            f["detail"] = {k: v for k, v in d.items()
+                           if k not in ("fault", "target", "fid", "phase", "effective", "description")}
         elif d.get("phase") == "unavailable":
             f["reason"] = d.get("reason")
+            f["description"] = d.get("description")
     return list(faults.values())
 
 

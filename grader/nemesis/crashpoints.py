@@ -3,6 +3,8 @@
 The service is started with crashsite/ first on PYTHONPATH; its sitecustomize.py wraps the client
 call named by LABKIT_CRASH=<point>:<when>:<nth> and, when the Nth call comes, writes a marker file
 (so the grader knows the crash was the planned one) and kills its own process with SIGKILL.
+when="hold": at the Nth call, before it, the marker is written and the calling thread blocks for
+good while the process's other threads run on; the grader SIGKILLs it later (HoldThenKill).
 
 What each point counts (calls in one process; a restarted process counts from 1 again):
 - consumer-ack: confluent_kafka Consumer.commit and Consumer.store_offsets, together (whichever the
@@ -16,6 +18,9 @@ What each point counts (calls in one process; a restarted process counts from 1 
   Not counted: a literal `conn.execute("COMMIT")`, psycopg2, SQLAlchemy sessions on other drivers.
 - amqp-ack: pika BlockingChannel.basic_ack. "after" waits for a synchronous no-op on the channel
   first, so the broker has processed the ack before the process dies.
+- slot-advance: a psycopg 3 cursor execute (also Connection.execute; sync and async) whose SQL
+  mentions pg_replication_slot_advance. "after" means the statement ran; in autocommit the slot
+  moved, inside a transaction it moves at that transaction's commit.
 
 The hook is skipped by interpreters started with -I or -S, and by one that finds another
 sitecustomize earlier on its path (then put crash_env's PYTHONPATH first).
@@ -27,18 +32,20 @@ import os
 from pathlib import Path
 
 CRASHSITE = Path(__file__).resolve().parent / "crashsite"
-POINTS = ("consumer-ack", "producer-flush", "producer-produce", "db-commit", "amqp-ack")
+POINTS = ("consumer-ack", "producer-flush", "producer-produce", "db-commit", "amqp-ack", "slot-advance")
+WHENS = ("before", "after", "hold")
 
 
 def crash_env(point: str, when: str, nth: int, marker: str | Path) -> dict[str, str]:
-    """Env entries for the service's next life: crash at its `nth` `point` call, `when` before/after it.
+    """Env entries for the service's next life: crash at its `nth` `point` call, `when` before/after
+    it, or hold there (block the calling thread before the call, for the grader to kill).
 
     Keeps the grader's own PYTHONPATH after the crash site; removes a stale marker.
     """
     if point not in POINTS:
         raise ValueError(f"unknown crash point {point!r}; known: {', '.join(POINTS)}")
-    if when not in ("before", "after") or nth < 1:
-        raise ValueError("when is 'before' or 'after', nth counts from 1")
+    if when not in WHENS or nth < 1:
+        raise ValueError(f"when is one of {', '.join(WHENS)}; nth counts from 1")
     marker = Path(marker).resolve()  # the service runs in another working directory
     marker.unlink(missing_ok=True)
     path = os.pathsep.join(p for p in (str(CRASHSITE), os.environ.get("PYTHONPATH")) if p)
@@ -46,8 +53,8 @@ def crash_env(point: str, when: str, nth: int, marker: str | Path) -> dict[str, 
 
 
 def crash_reached(marker: str | Path) -> dict | None:
-    """What the crashed process wrote before dying ({point, when, nth, pid, time}), or None if it
-    never reached the crash point (it is still running, or died some other way)."""
+    """What the process wrote at its crash point ({point, when, nth, pid, thread, time}), or None if
+    it never reached it (it is still running, or died some other way)."""
     try:
         return json.loads(Path(marker).read_text())
     except (OSError, ValueError):

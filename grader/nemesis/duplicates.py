@@ -12,6 +12,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, KafkaError, Message
 
 from ..kafka import CLIENT_DEFAULTS, QUIET, end_offsets
 from ..wait import wait_until
+from .base import Fault, Need, Target
 
 
 def read_all(bootstrap: str, topic: str, timeout: float = 30) -> list[Message]:
@@ -65,3 +66,32 @@ def inject_duplicates(bootstrap: str, topic: str, count: int, seed: int) -> list
         raise RuntimeError(f"could not inject duplicates into {topic}: "
                            f"{failed[0] if failed else 'the broker did not acknowledge'}")
     return [(msg.partition(), msg.offset()) for msg in chosen]
+
+
+class Duplicates(Fault):
+    """Copies of `count` records of a topic (seeded picks), appended to the same partitions.
+
+    Probes the consumer's idempotency: a producer retry or a redelivery after a lost commit looks
+    exactly like this. Effective if a record was copied; the originals are in the detail.
+    """
+
+    kind = "duplicates"
+
+    def __init__(self, topic: str, count: int, seed: int) -> None:
+        super().__init__(topic)
+        self.count, self.seed = count, seed
+
+    def needs(self) -> list[Need]:
+        return [Need("server", "kafka")]
+
+    def inject(self, run: Target) -> None:
+        originals = inject_duplicates(run.stack.url("kafka"), self.target, self.count, self.seed)
+        self.detail["originals"] = [list(po) for po in originals]  # [partition, offset], JSON-friendly
+        self.effective = bool(originals)
+
+    def heal(self, run: Target) -> None:
+        pass
+
+    def describe(self) -> str:
+        return (f"append copies of {self.count} records of {self.target} (same key, value, headers, "
+                f"partition; seed {self.seed})")

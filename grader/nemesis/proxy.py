@@ -1,4 +1,4 @@
-"""A TCP fault proxy for the native runtime: cut, delay and reset the path to a server.
+"""A TCP fault proxy for the native runtime: cut, one-way cut, delay and reset the path to a server.
 
 Runs asyncio in a background thread; every method is safe to call from any thread. Kafka clients
 only stay behind it if the broker advertises the proxy's address: start the broker with its
@@ -23,7 +23,12 @@ class TcpProxy:
         self.connections_total = 0  # accepted and connected upstream
         self.bytes_up = 0  # client -> server, forwarded
         self.bytes_down = 0  # server -> client, forwarded
+        self.refused = 0  # connections refused while cut
+        self.reset_total = 0  # connections reset by cut()/reset()/heal()
+        self.dropped_down = 0  # server -> client bytes discarded by a one-way cut
         self._cut = False
+        self._drop_responses = False
+        self._lost: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()  # lost responses
         self._delay = 0.0
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -62,39 +67,65 @@ class TcpProxy:
         self.stop()
 
     # --- faults ---
-    def cut(self) -> None:
+    def cut(self) -> int:
         """A partition: open connections are reset, new ones are reset as soon as they arrive
-        (to a client that is a refused connection) until heal()."""
+        (to a client that is a refused connection) until heal(). Returns how many were reset."""
         self._cut = True
-        self._loop.call_soon_threadsafe(self._abort_all, True)
+        return self._call(self._on_loop(self._abort_all, True))
 
-    def heal(self) -> None:
-        self._cut = False
+    def cut_responses(self) -> None:
+        """A one-way cut: client -> server bytes still flow (requests reach the server and take
+        effect), server -> client bytes are discarded (the client never hears back), on open and
+        new connections alike, until heal()."""
+        self._drop_responses = True
+
+    def heal(self) -> int:
+        """End a cut or one-way cut. Connections that lost responses are reset (their byte streams
+        are no longer whole), so clients reconnect cleanly. Returns how many were reset."""
+        def heal_now() -> int:
+            self._cut = self._drop_responses = False
+            lost, self._lost = self._lost & self._pairs, set()
+            for pair in lost:
+                self._abort_pair(pair, rst=True)
+            self.reset_total += len(lost)
+            return len(lost)
+
+        return self._call(self._on_loop(heal_now))
 
     def delay(self, ms: int) -> None:
         """Added latency for every chunk, each way (0 clears it). Latency, not a bandwidth cap:
         chunks in flight are delayed together."""
         self._delay = max(ms, 0) / 1000
 
-    def reset(self) -> None:
-        """Reset (RST) every open connection; new ones are still accepted."""
-        self._loop.call_soon_threadsafe(self._abort_all, True)
+    def reset(self) -> int:
+        """Reset (RST) every open connection; new ones are still accepted. Returns how many."""
+        return self._call(self._on_loop(self._abort_all, True))
 
     # --- internals (all on the proxy's loop) ---
     def _call(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
-    def _abort_all(self, rst: bool) -> None:
-        for pair in list(self._pairs):
+    @staticmethod
+    async def _on_loop(fn, *args):
+        return fn(*args)
+
+    def _abort_all(self, rst: bool) -> int:
+        pairs = list(self._pairs)
+        for pair in pairs:
             self._abort_pair(pair, rst)
+        if rst:
+            self.reset_total += len(pairs)
+        return len(pairs)
 
     def _abort_pair(self, pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter], rst: bool) -> None:
         self._pairs.discard(pair)
+        self._lost.discard(pair)
         for writer in pair:
             _abort(writer, rst)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._cut:
+            self.refused += 1
             _abort(writer, rst=True)
             return
         task = asyncio.current_task()
@@ -107,6 +138,7 @@ class TcpProxy:
                 return
             pair = (writer, up_writer)
             if self._cut:  # cut while we were connecting
+                self.refused += 1
                 self._abort_pair(pair, rst=True)
                 return
             self.connections_total += 1
@@ -114,6 +146,7 @@ class TcpProxy:
             await asyncio.gather(self._pipe(reader, up_writer, "bytes_up", pair),
                                  self._pipe(up_reader, writer, "bytes_down", pair))
             self._pairs.discard(pair)
+            self._lost.discard(pair)
             for w in pair:
                 w.close()
         except asyncio.CancelledError:
@@ -145,6 +178,9 @@ class TcpProxy:
                     self._abort_pair(pair, rst=True)
                     return
                 if not data:
+                    if self._drop_responses and counter == "bytes_down":
+                        self._lost.add(pair)  # the server's close is a response too
+                        return
                     if not writer.is_closing() and writer.can_write_eof():
                         writer.write_eof()
                     return
@@ -152,6 +188,10 @@ class TcpProxy:
                     await asyncio.sleep(wait)
                 if self._cut or writer.is_closing():
                     return
+                if self._drop_responses and counter == "bytes_down":
+                    self.dropped_down += len(data)
+                    self._lost.add(pair)
+                    continue
                 writer.write(data)
                 setattr(self, counter, getattr(self, counter) + len(data))
                 await writer.drain()

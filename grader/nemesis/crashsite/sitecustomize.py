@@ -2,7 +2,9 @@
 
 Does nothing unless LABKIT_CRASH=<point>:<when>:<nth> is set; then counts the calls named by the
 point and, at the Nth, writes LABKIT_CRASH_MARKER and SIGKILLs this process, before or after the
-real call. Chains to any other sitecustomize on the path so the service's environment is as usual.
+real call. when=hold: at the Nth call, before it, writes the marker and blocks the calling thread
+forever (other threads - a client library's background commits - keep running; the grader kills
+the process). Chains to any other sitecustomize on the path so the service's environment is as usual.
 Never breaks the process: a missing library means that point simply never fires.
 """
 import os
@@ -17,7 +19,7 @@ def _install(spec: str) -> None:
 
     point, when, nth = spec.split(":")
     nth = int(nth)
-    if when not in ("before", "after") or nth < 1:
+    if when not in ("before", "after", "hold") or nth < 1:
         raise ValueError(spec)
     calls = [0]
     lock = threading.Lock()
@@ -27,13 +29,24 @@ def _install(spec: str) -> None:
             calls[0] += 1
             return calls[0] == nth
 
-    def die() -> None:
+    def mark() -> None:
         marker = os.environ.get("LABKIT_CRASH_MARKER")
         if marker:  # written whole, then renamed: a reader never sees half of it
             with open(f"{marker}.{os.getpid()}.tmp", "w") as f:
-                json.dump({"point": point, "when": when, "nth": nth, "pid": os.getpid(), "time": time.time()}, f)
+                json.dump({"point": point, "when": when, "nth": nth, "pid": os.getpid(),
+                           "thread": threading.current_thread().name, "time": time.time()}, f)
             os.replace(f.name, marker)
+
+    def die() -> None:
+        mark()
         os.kill(os.getpid(), signal.SIGKILL)
+
+    def stop_here() -> None:
+        """Before the call: die, or (hold) block this thread until the grader kills the process."""
+        if when == "hold":
+            mark()
+            threading.Event().wait()
+        die()
 
     def wrap(fn, counts=None, settle=None):
         """fn, counting the calls for which counts(*args, **kwargs) is true (all if None).
@@ -41,8 +54,8 @@ def _install(spec: str) -> None:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             fire = (counts is None or counts(*args, **kwargs)) and due()
-            if fire and when == "before":
-                die()
+            if fire and when != "after":
+                stop_here()
             result = fn(*args, **kwargs)
             if fire:
                 if settle is not None:
@@ -58,8 +71,8 @@ def _install(spec: str) -> None:
         @functools.wraps(fn)
         async def wrapper(*args, **kwargs):
             fire = counts(*args, **kwargs) and due()
-            if fire and when == "before":
-                die()
+            if fire and when != "after":
+                stop_here()  # hold blocks the event loop's thread: the whole loop stops
             result = await fn(*args, **kwargs)
             if fire:
                 die()
@@ -72,6 +85,8 @@ def _install(spec: str) -> None:
         _psycopg(wrap, awrap)
     elif point == "amqp-ack":
         _pika(wrap)
+    elif point == "slot-advance":
+        _slot_advance(wrap, awrap)
     else:
         raise ValueError(spec)
 
@@ -118,6 +133,22 @@ def _psycopg(wrap, awrap) -> None:
     psycopg.Transaction.__exit__ = wrap(psycopg.Transaction.__exit__, tx_commits)
     psycopg.AsyncConnection.commit = awrap(psycopg.AsyncConnection.commit, commits)
     psycopg.AsyncTransaction.__aexit__ = awrap(psycopg.AsyncTransaction.__aexit__, tx_commits)
+
+
+def _slot_advance(wrap, awrap) -> None:
+    """An execute (psycopg 3, sync or async, also via Connection.execute) whose SQL mentions
+    pg_replication_slot_advance: the relay's acknowledgement to PostgreSQL."""
+    try:
+        import psycopg
+    except ImportError:
+        return
+
+    def advances(cursor, query, *args, **kwargs) -> bool:
+        text = query.decode(errors="replace") if isinstance(query, (bytes, bytearray)) else str(query)
+        return "pg_replication_slot_advance" in text.lower()
+
+    psycopg.Cursor.execute = wrap(psycopg.Cursor.execute, advances)
+    psycopg.AsyncCursor.execute = awrap(psycopg.AsyncCursor.execute, advances)
 
 
 def _pika(wrap) -> None:
