@@ -101,6 +101,8 @@ class Relay:
         for txn in txns:
             for row in txn.rows:
                 self.send(row, txn)
+        if not any(txn.rows for txn in txns):
+            return  # only heartbeats (or transactions of other tables): nothing to wait for
         remaining = self.producer.flush(self.timeout_ms / 1000 + 5)  # delivery reports run in here
         if remaining:
             for txn in txns:

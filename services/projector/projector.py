@@ -27,10 +27,11 @@ CREATE TABLE IF NOT EXISTS inbox (
     event_id     uuid PRIMARY KEY,          -- the outbox row's id (Kafka header `id`)
     aggregate_id text NOT NULL,
     version      int NOT NULL,
+    applied      boolean NOT NULL,          -- false: an older version than one already applied
     topic        text NOT NULL,
     partition    int NOT NULL,
     "offset"     bigint NOT NULL,
-    applied_seq  bigint GENERATED ALWAYS AS IDENTITY,  -- the order events were processed in
+    processed_seq bigint GENERATED ALWAYS AS IDENTITY,  -- the order events were processed in
     processed_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE IF NOT EXISTS aggregate_versions (
@@ -69,25 +70,26 @@ class Projector(ConsumerLoop):
             self.dead_letter(msg, str(e))
         else:
             with self.conn.transaction():
-                if not self.claim(event, msg):
+                newer = self.newer(event)  # a duplicate has the version already applied: not newer
+                if not self.claim(event, msg, applied=newer):
                     self.log.info("duplicate event %s (%s %s) skipped", event["event_id"], event["type"], event["order_id"])
-                elif not self.newer(event):
-                    self.log.warning("event %s is version %d of %s, older than the one applied: skipped",
+                elif not newer:
+                    self.log.warning("event %s is version %d of %s, not newer than the one applied: skipped",
                                      event["event_id"], event["version"], event["order_id"])
                 else:
                     apply_event(self.conn, event)
         self.commit_offset(msg)  # only now: the transaction above has committed
 
-    def claim(self, event: dict, msg: Message) -> bool:
+    def claim(self, event: dict, msg: Message, applied: bool) -> bool:
         """Record the event id in the inbox, in the caller's transaction; False if seen before."""
         return self.conn.execute(
-            """INSERT INTO inbox (event_id, aggregate_id, version, topic, partition, "offset")
-               VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING""",
-            (event["event_id"], event["order_id"], event["version"], msg.topic(), msg.partition(),
+            """INSERT INTO inbox (event_id, aggregate_id, version, applied, topic, partition, "offset")
+               VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING""",
+            (event["event_id"], event["order_id"], event["version"], applied, msg.topic(), msg.partition(),
              msg.offset())).rowcount == 1
 
     def newer(self, event: dict) -> bool:
-        """Raise the order's version to the event's; False if the event is not newer."""
+        """Raise the order's version to the event's; False if the event is not newer (then nothing changes)."""
         return self.conn.execute(
             """INSERT INTO aggregate_versions (aggregate_id, version) VALUES (%s, %s)
                ON CONFLICT (aggregate_id) DO UPDATE SET version = EXCLUDED.version
