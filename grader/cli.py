@@ -238,7 +238,11 @@ def grade_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
     console.print(f"class table: {out / 'class.csv'}; per student: {out}/<student>/ (report.json, report.html, "
                   f"results.json, classroom.json, junit.xml); summary: {out / 'summary.json'}", highlight=False)
     if repeat > 1:
-        console.print(f"pass rates: {out / 'pass-rates.csv'}; replay commands per failure in summary.json")
+        flaky = [(name, cid, passed, runs) for name, rates in sorted(result.pass_rates().items())
+                 for cid, (passed, runs) in rates.items() if runs and 0 < passed < runs]
+        for name, cid, passed, runs in flaky:
+            console.print(f"[yellow]flaky:[/] {name} {cid} passed {passed}/{runs} runs", highlight=False)
+        console.print(f"pass rates: {out / 'pass-rates.csv'}; a replay command per failure in summary.json")
 
 
 @app.command("bundle")

@@ -220,6 +220,24 @@ def test_grade_again_skips_what_is_graded(graded_class):
     assert "3 run(s) already graded" in again.stdout
 
 
+def test_repeat_grades_each_submission_n_times_with_a_replay_per_failure(tmp_path):
+    """A submission that does not start: cheap to grade twice, every check an ERROR each time."""
+    broken = services(tmp_path / "class" / "broken")
+    (broken / "order_api" / "__main__.py").write_text("raise SystemExit('missing configuration')\n")
+    out = tmp_path / "graded"
+    result = CliRunner().invoke(cli.app, ["grade", "lab-1", str(tmp_path / "class"), "--out", str(out), "--repeat", "2",
+                                          "--runtime", "native", "--trust-submissions"])
+    assert result.exit_code == 0, result.output
+    assert (out / "broken" / "runs" / "2" / "report.json").exists()
+    rates = (out / "pass-rates.csv").read_text().splitlines()
+    assert rates[1].startswith("broken,0.00,")
+    summary = json.loads((out / "summary.json").read_text())["students"]["broken"]
+    assert summary["runs"] == 2 and len(summary["failures"]) == 2 * len(find_lab("lab-1").checks)
+    assert {f["run"] for f in summary["failures"]} == {1, 2}
+    assert all("--seed" in f["replay"] for f in summary["failures"])
+    assert json.loads((out / "broken" / "repeat.json").read_text())["runs"] == 2
+
+
 # --- bundles ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
