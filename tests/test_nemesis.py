@@ -31,7 +31,8 @@ from grader.nemesis import (CrashPoint, Cut, Delay, Duplicates, HoldThenKill, Ki
 from grader.nemesis.crashpoints import crash_env, crash_reached
 from grader.nemesis.duplicates import inject_duplicates, read_all
 from grader.nemesis.proxy import TcpProxy
-from grader.stack import make_stack
+from grader.stack import Stack, make_stack
+from grader.stack.external import external_servers
 from grader.stack.procs import free_port
 from grader.wait import wait_until
 
@@ -655,6 +656,9 @@ def test_faults_that_cannot_run_here_say_why_and_do_nothing(run):
     assert "no service 'nobody'" in phases[2][1]["reason"]
     assert why_not(run.history, "cut", "kafka").startswith("cut of kafka not injected: the native runtime has no")
     assert RestartServer("redis", keep_data=False).unavailable(run) is None  # a cache may restart empty
+    external = FakeRun(Stack("external", external_servers(["postgres"], {"DATABASE_URL": "postgresql://u@h:1/d"})),
+                       run.out_dir)
+    assert "cannot be restarted on the external runtime" in RestartServer("postgres").unavailable(external)
 
 
 def test_postgres_connection_faults_through_the_proxy(run, native_stack):

@@ -91,7 +91,9 @@ class Kill(ServiceFault):
 class _ArmedKill(ServiceFault):
     """Restart the service armed at a client call, then watch (in a thread, so the run goes on):
     the planned crash, or after `fallback_after` seconds a plain SIGKILL; then restart it unarmed.
-    `hold()` (and `heal()`) wait for the watcher, so a fault applied on its own ends restarted."""
+    `hold()` (and `heal()`) wait for the watcher, so a fault applied on its own ends restarted.
+    Arming is a restart (the hook is configured by env): a running life is SIGKILLed first, at no
+    particular point - recorded as previous_pid."""
 
     when: str  # crash_env's mode for this fault
 
@@ -109,6 +111,8 @@ class _ArmedKill(ServiceFault):
     def inject(self, run: Target) -> None:
         svc = self.service(run)
         marker = Path(run.out_dir) / f"crash-{self.target}-{self.id}.json"
+        if svc.alive():
+            self.detail["previous_pid"] = svc.proc.pid
         svc.restart(crash_env(self.point, self.when, self.nth, marker))
         proc = svc.proc
         self.detail.update(pid=proc.pid, point=self.point, when=self.when, nth=self.nth)
