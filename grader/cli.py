@@ -232,8 +232,11 @@ def grade_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
     firsts = result.first_runs()
     table = Table("student", "score", "failed checks", title=f"{spec.id}: {len(firsts)} submissions")
     for name, report in sorted(firsts.items()):
-        failed = [c["id"] for c in report.get("checks", []) if c.get("state") in ("FAIL", "ERROR")]
-        table.add_row(name, f"{report.get('score', 0):g}/{report.get('max_score', 0):g}", ", ".join(failed) or "-")
+        checks = report.get("checks", [])
+        failed = ", ".join(c["id"] for c in checks if c.get("state") in ("FAIL", "ERROR")) or "-"
+        if checks and all(c.get("state") == "ERROR" for c in checks):  # nothing ran: say why instead
+            failed = f"not graded: {checks[0].get('message', '')}"
+        table.add_row(name, f"{report.get('score', 0):g}/{report.get('max_score', 0):g}", failed)
     console.print(table)
     console.print(f"class table: {out / 'class.csv'}; per student: {out}/<student>/ (report.json, report.html, "
                   f"results.json, classroom.json, junit.xml); summary: {out / 'summary.json'}", highlight=False)
