@@ -1,17 +1,26 @@
-"""Run a submission's services as black-box processes, with the env contract and captured logs."""
+"""Run a submission's services as black-box processes, with the env contract and captured logs.
+
+Without a sandbox (`labkit check`: learners grading their own, trusted code) a service runs as the
+grader's user with its environment. With one (`labkit grade`: untrusted code) it runs isolated: its
+own uid, copy, allow-listed env, limits and capped log (grader/sandbox).
+"""
 from __future__ import annotations
 
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from .lab import ServiceSpec
 from .stack.base import StackError
-from .stack.procs import ServerProcess, free_port
+from .stack.procs import ServerProcess, free_port, tail
 from .wait import WaitTimeout, wait_until
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
 
 
 class ServiceFailed(RuntimeError):
@@ -31,6 +40,7 @@ class Service:
     restarts: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
     died_on_its_own: bool = False  # exited without us stopping or killing it (a crash of the learner's code)
+    sandbox: "Sandbox | None" = None  # isolate this untrusted service (None: run it as we run)
 
     @property
     def name(self) -> str:
@@ -48,22 +58,28 @@ class Service:
     def start(self, extra_env: dict[str, str] | None = None) -> "Service":
         """Start the process; `extra_env` (e.g. a crash point) applies to this life only."""
         self.extra_env = dict(extra_env or {})
-        env = {**os.environ, **self.env, **self.spec.env, **self.extra_env}
+        inherited = {} if self.sandbox else os.environ  # a sandbox allows the contract only
+        env = {**inherited, **self.env, **self.spec.env, **self.extra_env}
         # The crash hook (extra_env) goes first: a learner's own sitecustomize.py must not hide it
         # (ours chains to theirs). It already carries the inherited PYTHONPATH.
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (self.extra_env.get("PYTHONPATH"), str(self.submission), os.environ.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("OTEL_SERVICE_NAME", self.name)
+        allowed = list(self.spec.env)
         if self.spec.http:
             self.port = self.port or free_port()
             env[self.spec.http.port_env] = str(self.port)
+            allowed.append(self.spec.http.port_env)
         argv = [sys.executable if a in ("python", "python3") else a for a in self.spec.command]
         with open(self.log, "a") as f:
             f.write(f"--- labkit: starting {' '.join(self.spec.command)} (life {self.restarts + 1}) ---\n")
         try:
-            self.proc = ServerProcess(argv, self.log, env=env, cwd=self.submission)
-        except StackError as e:
+            if self.sandbox:
+                self.proc = self.sandbox.spawn(argv, self.log, env, allowed=allowed)
+            else:
+                self.proc = ServerProcess(argv, self.log, env=env, cwd=self.submission)
+        except (StackError, OSError) as e:
             raise ServiceFailed(f"{self.name}: {e}") from None
         return self
 
@@ -84,15 +100,18 @@ class Service:
             raise ServiceFailed(f"{self.name} did not become healthy: {e}\n--- log tail ---\n{self.log_tail()}") from None
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.alive()
+        alive = self.proc is not None and self.proc.alive()
+        if not alive and self.sandbox and self.proc is not None:
+            self.sandbox.collect_markers()  # a crash point's marker, where the grader looks for it
+        return alive
 
     def check_alive(self) -> None:
         if self.proc is not None and not self.proc.alive():
-            raise ServiceFailed(f"{self.name} exited with code {self.proc.popen.returncode}\n"
+            raise ServiceFailed(f"{self.name} exited with code {self.proc.exit_code()}\n"
                                 f"--- log tail ---\n{self.log_tail()}")
 
     def exit_code(self) -> int | None:
-        return None if self.proc is None else self.proc.popen.poll()
+        return None if self.proc is None else self.proc.exit_code()
 
     def kill(self) -> None:
         """SIGKILL: the crash a real deployment sees (no shutdown hooks run)."""
@@ -106,7 +125,7 @@ class Service:
             self.proc.stop(timeout=timeout)
 
     def _note_own_death(self) -> None:
-        code = self.proc.popen.poll() if self.proc else None
+        code = self.proc.exit_code() if self.proc else None
         if code is not None and code != -9:  # -9 at this point is a crash point we planted
             self.died_on_its_own = True
 
@@ -116,18 +135,16 @@ class Service:
         return self.start(extra_env)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return tail(self.log, lines)  # from the end: a flooded log is never read whole
 
 
 def launch_services(specs: dict[str, ServiceSpec], submission: Path, env: dict[str, str],
-                    log_dir: Path) -> dict[str, Service]:
-    """Create (not start) one Service per spec; a missing submission dir is reported clearly."""
+                    log_dir: Path, sandbox: "Sandbox | None" = None) -> dict[str, Service]:
+    """Create (not start) one Service per spec; a missing submission dir is reported clearly.
+    With `sandbox` (open), every service runs isolated in it."""
     if not submission.is_dir():
         raise ServiceFailed(f"submission folder {submission} does not exist")
     log_dir.mkdir(parents=True, exist_ok=True)
     for spec in specs:
         (log_dir / f"{spec}.log").unlink(missing_ok=True)  # a reused output folder starts clean
-    return {name: Service(spec, submission.resolve(), env, log_dir) for name, spec in specs.items()}
+    return {name: Service(spec, submission.resolve(), env, log_dir, sandbox=sandbox) for name, spec in specs.items()}

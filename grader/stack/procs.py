@@ -119,24 +119,74 @@ class WorkDir:
         Guardian.get().forget_dir(self.path)
 
 
+def tail(path: Path, lines: int = 20, max_bytes: int = 64 * 1024) -> str:
+    """The last `lines` lines of a file, reading at most `max_bytes` from its end (logs can be huge)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            data = f.read()
+    except OSError:
+        return "(no log)"
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+class CappedLog(threading.Thread):
+    """Copies a process's output from a pipe into its log file, up to `limit` bytes per life; the rest
+    is read and dropped (the process keeps running, the disk does not fill)."""
+
+    def __init__(self, source, log_file, limit: int) -> None:
+        super().__init__(name=f"log-cap-{log_file.name}", daemon=True)
+        self.source, self.log_file, self.room = source, log_file, limit
+        self.dropped = 0
+
+    def run(self) -> None:
+        try:
+            self._copy()
+        except (OSError, ValueError):  # the log was closed under us (a stop that did not wait)
+            pass
+        finally:
+            self.source.close()
+
+    def _copy(self) -> None:
+        for chunk in iter(lambda: self.source.read1(65536), b""):
+            if self.room > 0:
+                self.log_file.write(chunk[:self.room])
+                self.log_file.flush()
+                if len(chunk) >= self.room:
+                    self.log_file.write(b"\n--- labkit: log truncated here (size cap); the rest is dropped ---\n")
+                    self.log_file.flush()
+                self.dropped += max(0, len(chunk) - self.room)
+                self.room -= len(chunk)
+            else:
+                self.dropped += len(chunk)
+
+
 class ServerProcess:
-    """One long-running process in its own process group, output in a log file."""
+    """One long-running process in its own process group, output in a log file.
+
+    `log_limit` caps what one life of the process may write into its log (output goes through a
+    pipe and a copier thread then); None writes straight into the file."""
 
     def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, user: str | None = None) -> None:
+                 cwd: Path | None = None, user: str | None = None, log_limit: int | None = None) -> None:
         self.argv = argv
         self.log = log
         self._log_file = open(log, "ab")
+        self._copier: CappedLog | None = None
         try:
             self.popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
-                env=env if env is not None else _clean_env(), cwd=cwd, user=user,
+                argv, stdin=subprocess.DEVNULL, stdout=self._log_file if log_limit is None else subprocess.PIPE,
+                stderr=subprocess.STDOUT, env=env if env is not None else _clean_env(), cwd=cwd, user=user,
                 start_new_session=True,
             )
         except FileNotFoundError as e:
             self._log_file.close()
             raise StackError(f"cannot run {argv[0]}: {e}") from e
         Guardian.get().watch_pid(self.popen.pid)
+        if log_limit is not None:
+            self._copier = CappedLog(self.popen.stdout, self._log_file, log_limit)
+            self._copier.start()
 
     @property
     def pid(self) -> int:
@@ -145,16 +195,17 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def exit_code(self) -> int | None:
+        """None while running; -N when killed by signal N."""
+        return self.popen.poll()
+
     def check_alive(self, what: str) -> None:
         """Raise with the log's tail if the process already exited (fail fast, not at timeout)."""
         if not self.alive():
             raise StackError(f"{what} exited with code {self.popen.returncode} during start:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return tail(self.log, lines)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         """Ask politely with `sig`, then SIGKILL the whole group after `timeout`."""
@@ -169,6 +220,8 @@ class ServerProcess:
     def kill(self) -> None:
         self._signal_group(signal.SIGKILL)  # also reaches children left in the group
         self.popen.wait()
+        if self._copier is not None:
+            self._copier.join(10)  # EOF once every writer is gone
         self._log_file.close()
         Guardian.get().forget_pid(self.pid)
 

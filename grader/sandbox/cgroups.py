@@ -1,0 +1,123 @@
+"""A cgroup per run: memory and process-count limits, and a way to list and kill everything in it.
+
+Works with cgroups v2 (a writable unified hierarchy with the controllers delegated to us) and with
+v1 (one hierarchy per controller, as on these VMs: `pids` and `memory` mounted under /sys/fs/cgroup).
+The group is created below the cgroup the grader itself is in. Where neither is writable,
+`Cgroup.create` returns None and the sandbox relies on its PID namespace and rlimits alone.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+ROOT = Path("/sys/fs/cgroup")
+
+
+def _own_paths() -> dict[str, str]:
+    """controller ('' for v2) -> this process's cgroup path, from /proc/self/cgroup."""
+    paths = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for controller in (controllers.split(",") if controllers else [""]):
+            paths[controller] = path
+    return paths
+
+
+class Cgroup:
+    def __init__(self, dirs: list[Path], version: int) -> None:
+        self.dirs = dirs  # one per hierarchy (v2: exactly one)
+        self.version = version
+
+    @classmethod
+    def create(cls, name: str, memory_bytes: int, pids_max: int) -> "Cgroup | None":
+        own = _own_paths()
+        if (ROOT / "cgroup.controllers").exists():  # pure v2
+            return cls._create_v2(ROOT / own.get("", "/").lstrip("/") / name, memory_bytes, pids_max)
+        made: list[Path] = []
+        try:
+            for controller, setting, value in (("pids", "pids.max", pids_max),
+                                               ("memory", "memory.limit_in_bytes", memory_bytes)):
+                base = ROOT / controller
+                if not base.is_dir():
+                    continue
+                path = base / own.get(controller, "/").lstrip("/") / name
+                path.mkdir()
+                made.append(path)
+                (path / setting).write_text(str(value))
+        except OSError:
+            for path in made:
+                _rmdir(path)
+            return None
+        return cls(made, 1) if made else None
+
+    @classmethod
+    def _create_v2(cls, path: Path, memory_bytes: int, pids_max: int) -> "Cgroup | None":
+        try:
+            path.mkdir()
+        except OSError:
+            return None
+        try:
+            (path / "memory.max").write_text(str(memory_bytes))
+            (path / "pids.max").write_text(str(pids_max))
+        except OSError:  # controllers not delegated to us
+            _rmdir(path)
+            return None
+        return cls([path], 2)
+
+    @property
+    def procs_files(self) -> list[Path]:
+        """Write a PID into each of these to put it (and its future children) in the group."""
+        return [d / "cgroup.procs" for d in self.dirs]
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for f in self.procs_files:
+            try:
+                found |= {int(p) for p in f.read_text().split()}
+            except OSError:
+                pass
+        return found
+
+    def kill(self, timeout: float = 10) -> bool:
+        """SIGKILL every process in the group until it is empty; True when it is."""
+        deadline = time.monotonic() + timeout
+        if self.version == 2 and (self.dirs[0] / "cgroup.kill").exists():
+            try:
+                (self.dirs[0] / "cgroup.kill").write_text("1")
+            except OSError:
+                pass
+        while True:
+            pids = self.pids()
+            if not pids:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            for pid in pids:  # a fork racing with us is caught on the next round
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
+
+    def memory_peak(self) -> int | None:
+        for d in self.dirs:
+            for name in ("memory.max_usage_in_bytes", "memory.peak"):
+                try:
+                    return int((d / name).read_text())
+                except (OSError, ValueError):
+                    continue
+        return None
+
+    def remove(self) -> None:
+        self.kill()
+        for d in self.dirs:
+            _rmdir(d)
+
+
+def _rmdir(path: Path) -> None:
+    try:
+        path.rmdir()  # cgroup dirs are removed with rmdir, never rmtree
+    except OSError:
+        pass

@@ -1,0 +1,393 @@
+"""Run an untrusted submission's services isolated (native runtime, grader running as root).
+
+Tools (all well-kept, from Debian): bubblewrap (`bwrap`) builds a mount, PID, IPC and UTS namespace
+in which only the system, the Python interpreter, the venv's third-party packages, the run's own
+copy of the submission and a site dir holding `services/common` exist; util-linux `setpriv` drops
+to the run's own uid with no capabilities and no_new_privs; util-linux `prlimit` sets rlimits; a
+cgroup (v1 or v2, cgroups.py) caps memory and processes and lists what is left. See README.md.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import psutil
+
+from ..nemesis.crashpoints import CRASHSITE
+from ..stack.procs import Guardian, ServerProcess
+from .cgroups import Cgroup
+from .uids import UidLease
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+COMMON = REPO_ROOT / "services" / "common"
+
+# What a service may be told (DESIGN.md, "The service contract"), plus what the grader itself sets.
+CONTRACT_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL", "AMQP_URL",
+                 "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "LAB_NAMESPACE")
+GRADER_VARS = ("LABKIT_CRASH", "LABKIT_CRASH_MARKER", "PYTHONUNBUFFERED")
+MARKER_VAR = "LABKIT_CRASH_MARKER"
+MARKER_MAX_BYTES = 64 * 1024
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be set up (not the submission's fault)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run (all of its services together) may use."""
+
+    wall_time: float = 900.0         # seconds from open(); then everything it runs is killed
+    memory: int = 1536 << 20         # bytes, all its processes (cgroup; RLIMIT_AS per process without one)
+    processes: int = 512             # processes and threads of its uid (RLIMIT_NPROC, and pids.max)
+    file_size: int = 64 << 20        # largest file it may write (RLIMIT_FSIZE)
+    open_files: int = 4096           # per process (RLIMIT_NOFILE)
+    log_size: int = 8 << 20          # bytes of log per service life; the rest is dropped
+
+
+class Sandbox:
+    """One run's isolation: a uid of its own, a private copy of the submission, limits, a kill switch.
+
+    Use as a context manager (or open()/close()); hand it to grader.launch.Service to start the
+    run's services inside it. Every service of the run shares the uid, the copy and the cgroup.
+    """
+
+    def __init__(self, submission: Path, limits: Limits = Limits(), label: str = "run",
+                 expose: tuple[str, ...] = ()) -> None:
+        """`expose`: reference packages of `services` to make importable after all - only for the kit's
+        own mutants, which are built on the reference (never for a learner's submission)."""
+        self.submission = Path(submission).resolve()
+        self.limits = limits
+        self.label = label
+        self.expose = expose
+        self.root: Path | None = None
+        self.lease: UidLease | None = None
+        self.cgroup: Cgroup | None = None
+        self.procs: list[SandboxedProcess] = []
+        self.expired = False  # the wall-time limit fired
+        self._timer: threading.Timer | None = None
+        self._markers: dict[str, Path] = {}  # private marker path -> where the grader expects it
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def open(self) -> "Sandbox":
+        reason = isolation_problem()
+        if reason:
+            raise SandboxError(reason)
+        if not self.submission.is_dir():
+            raise SandboxError(f"submission folder {self.submission} does not exist")
+        self.lease = UidLease()
+        uid = self.lease.uid
+        self.root = Path(tempfile.mkdtemp(prefix=f"labkit-sandbox-{self.label}-"))
+        Guardian.get().watch_dir(self.root)
+        os.chmod(self.root, 0o711)  # the uid may pass through to its own dirs, not list the others
+        _copy_untrusted(self.submission, self.workdir)
+        (self.workdir / ".home").mkdir(exist_ok=True)
+        self.markers.mkdir()
+        _chown_tree(self.workdir, uid)
+        os.chown(self.markers, uid, uid)
+        os.chmod(self.workdir, 0o700)
+        _build_site(self.site, self.expose)
+        self.cgroup = Cgroup.create(f"labkit-{self.root.name}", self.limits.memory, self.limits.processes)
+        self._timer = threading.Timer(self.limits.wall_time, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def close(self) -> None:
+        """Kill everything the submission started, then remove its copy and give back its uid."""
+        if self._timer:
+            self._timer.cancel()
+        self.kill_all()
+        if self.cgroup:
+            self.cgroup.remove()
+            self.cgroup = None
+        if self.root:
+            shutil.rmtree(self.root, ignore_errors=True)
+            Guardian.get().forget_dir(self.root)
+            self.root = None
+        if self.lease:
+            self.lease.release()
+            self.lease = None
+
+    def __enter__(self) -> "Sandbox":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- paths ---------------------------------------------------------------------------------
+
+    def _dir(self, name: str) -> Path:
+        if self.root is None:
+            raise SandboxError("sandbox not open")
+        return self.root / name
+
+    @property
+    def workdir(self) -> Path:
+        """The submission's own copy, owned by its uid: its working directory and HOME's parent."""
+        return self._dir("work")
+
+    @property
+    def site(self) -> Path:
+        """Read-only: `services/common` only (the learner-facing library)."""
+        return self._dir("site")
+
+    @property
+    def markers(self) -> Path:
+        return self._dir("markers")
+
+    @property
+    def uid(self) -> int:
+        assert self.lease is not None, "sandbox not open"
+        return self.lease.uid
+
+    # --- running -------------------------------------------------------------------------------
+
+    def environment(self, env: dict[str, str], allowed: Iterable[str] = ()) -> dict[str, str]:
+        """The allow-listed env: the service contract, `allowed` (lab-specific), the grader's own
+        crash-point variables, and PATH/LANG/HOME/PYTHONPATH pointing into the sandbox."""
+        keep = set(CONTRACT_VARS) | set(GRADER_VARS) | set(allowed)
+        out = {k: v for k, v in env.items() if k in keep}
+        if MARKER_VAR in out:  # the grader's results dir is invisible inside: write next door, copied back
+            private = self.markers / f"{len(self._markers)}-{Path(out[MARKER_VAR]).name}"
+            self._markers[str(private)] = Path(out[MARKER_VAR])
+            out[MARKER_VAR] = str(private)
+        hook = [str(CRASHSITE)] if "LABKIT_CRASH" in out else []  # first: a learner's sitecustomize must not hide it
+        out.update({
+            "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": str(self.workdir / ".home"),
+            "TMPDIR": "/tmp",
+            "PYTHONPATH": os.pathsep.join([*hook, str(self.workdir), str(self.site)]),
+            "PYTHONUNBUFFERED": "1",
+        })
+        return out
+
+    def command(self, argv: list[str], cwd: Path) -> list[str]:
+        """argv wrapped: into the cgroup, under rlimits, into the namespaces, down to the run's uid."""
+        uid = self.uid
+        limits = [f"--nproc={self.limits.processes}", f"--fsize={self.limits.file_size}",
+                  f"--nofile={self.limits.open_files}", "--core=0"]
+        if self.cgroup is None:  # no memory cgroup: a per-process address-space cap is the fallback
+            limits.append(f"--as={self.limits.memory * 4}")  # virtual, generous: threads reserve a lot
+        jail = ["bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+                "--die-with-parent", "--hostname", "labkit-sandbox", *_mounts(self), "--chdir", str(cwd),
+                "--", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
+                "--inh-caps=-all", "--bounding-set=-all", "--"]
+        enter = []
+        if self.cgroup:  # join the cgroup before anything else runs, so every descendant is in it
+            enter = ["/bin/sh", "-c", 'while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift; exec "$@"',
+                     "labkit-enter", *map(str, self.cgroup.procs_files), "--"]
+        return [*enter, "prlimit", *limits, "--", *jail, *argv]
+
+    def spawn(self, argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None,
+              allowed: Iterable[str] = ()) -> "SandboxedProcess":
+        if self.expired:
+            raise SandboxError(f"the run's wall-time limit ({self.limits.wall_time:.0f} s) is over")
+        cwd = cwd or self.workdir
+        proc = SandboxedProcess(self, self.command(argv, cwd), log, env=self.environment(env, allowed),
+                                cwd=self.workdir, log_limit=self.limits.log_size)
+        self.procs.append(proc)
+        return proc
+
+    def pids(self) -> set[int]:
+        """Every process of the run still alive (the cgroup's, or its uid's where there is no cgroup)."""
+        if self.cgroup:
+            return self.cgroup.pids()
+        found = set()
+        for p in psutil.process_iter(["uids"]):
+            if p.info["uids"] and p.info["uids"].real == self.uid:
+                found.add(p.pid)
+        return found
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+        if self.cgroup:
+            self.cgroup.kill()
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.kill_all()
+
+    def collect_markers(self) -> None:
+        """Copy crash markers the services wrote back to where the grader reads them - carefully:
+        the file is the submission's (it could be a FIFO, a symlink or huge)."""
+        for private, public in self._markers.items():
+            try:
+                fd = os.open(private, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue
+            with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                data = f.read(MARKER_MAX_BYTES)
+            tmp = public.with_name(public.name + ".labkit-tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, public)
+
+
+class SandboxedProcess(ServerProcess):
+    """A ServerProcess whose polite stop reaches the submission, not the sandbox around it.
+
+    A SIGTERM to bwrap would kill its PID namespace at once (--die-with-parent), so `stop` signals the
+    processes running as the run's uid and lets them shut down; `kill` is the usual SIGKILL to the
+    group, which ends the namespace and everything in it."""
+
+    def __init__(self, sandbox: Sandbox, argv: list[str], log: Path, **kwargs) -> None:
+        self.sandbox = sandbox
+        super().__init__(argv, log, **kwargs)
+
+    def _submission_procs(self) -> list[psutil.Process]:
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        out = []
+        for child in children:
+            try:
+                if child.uids().real == self.sandbox.uid:
+                    out.append(child)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if self.alive():
+            for proc in self._submission_procs():
+                try:
+                    proc.send_signal(sig)
+                except psutil.NoSuchProcess:
+                    pass
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the group; the PID namespace ends with it. Returns once all of it is gone."""
+        try:
+            inside = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            inside = []
+        super().kill()
+        _, alive = psutil.wait_procs(inside, timeout=5)  # the kernel tears the namespace down asynchronously
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+    def exit_code(self) -> int | None:
+        """As Popen's: bwrap reports a service killed by signal N as 128+N; -N here, as unsandboxed."""
+        code = self.popen.poll()
+        return -(code - 128) if code is not None and code > 128 else code
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def isolation_problem() -> str | None:
+    """None when submissions can be isolated here, else why not (and what to do). Asked once."""
+    if os.geteuid() != 0:
+        return ("isolating a submission as a uid of its own needs root: run `labkit grade` as root "
+                "(sudo, a CI job or a container), or pass --trust-submissions to grade without isolation")
+    missing = [tool for tool in ("bwrap", "setpriv", "prlimit") if shutil.which(tool) is None]
+    if missing:
+        return f"{', '.join(missing)} not found: apt-get install bubblewrap util-linux"
+    probe = subprocess.run(["bwrap", "--unshare-pid", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc",
+                            "--dev", "/dev", "--", "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        return f"bubblewrap cannot create namespaces here: {probe.stderr.strip()[-300:]}"
+    return None
+
+
+def _copy_untrusted(src: Path, dest: Path) -> None:
+    """Copy a submission without following its symlinks or opening anything but regular files
+    (a FIFO would block us). Caches and VCS data stay behind."""
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        skipped = {n for n in names if n in ("__pycache__", ".git")}
+        for n in names:
+            mode = os.lstat(os.path.join(folder, n)).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+                skipped.add(n)
+        return skipped
+
+    shutil.copytree(src, dest, symlinks=True, ignore=ignore)
+
+
+def _chown_tree(top: Path, uid: int) -> None:
+    os.lchown(top, uid, uid)
+    for folder, dirs, files in os.walk(top):
+        for name in dirs + files:
+            os.lchown(os.path.join(folder, name), uid, uid)
+
+
+def _build_site(site: Path, expose: tuple[str, ...] = ()) -> None:
+    """`services/common` and nothing else of `services`: the reference solutions stay out of reach."""
+    (site / "services").mkdir(parents=True)
+    (site / "services" / "__init__.py").write_text("")
+    for package in ("common", *expose):
+        shutil.copytree(COMMON.parent / package, site / "services" / package)  # with its bytecode: copy2 keeps mtimes
+    for folder, _, files in os.walk(site):
+        os.chmod(folder, 0o755)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o644)
+
+
+def _editable_pths(purelib: Path) -> list[Path]:
+    """.pth files that put the kit itself on sys.path (pip install -e): masked inside the sandbox."""
+    found = []
+    for pth in purelib.glob("*.pth"):
+        try:
+            text = pth.read_text(errors="replace")
+        except OSError:
+            continue
+        if pth.name.startswith("__editable__") or str(REPO_ROOT) in text:
+            found.append(pth)
+    return found
+
+
+def _mounts(sandbox: Sandbox) -> list[str]:
+    args = ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
+    for top in ("usr", "bin", "lib", "lib32", "lib64", "sbin", "etc"):
+        path = Path("/") / top
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    made = {Path("/"), Path("/tmp"), Path("/usr"), Path("/etc")}
+
+    def bind(src: Path, dest: Path, flag: str = "--ro-bind") -> None:
+        for parent in reversed(dest.parents):  # bwrap would create missing parents 0700: make them 0755
+            if parent not in made and not any(parent.is_relative_to(m) for m in _bound):
+                args.extend(["--perms", "0755", "--dir", str(parent)])
+                made.add(parent)
+        args.extend([flag, str(src), str(dest)])
+        _bound.append(dest)
+
+    _bound: list[Path] = [Path("/usr"), Path("/etc")]
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    for prefix in sorted({Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).resolve().parents[1]}):
+        if not any(prefix.is_relative_to(b) for b in _bound):
+            bind(prefix, prefix)
+    for pth in _editable_pths(purelib):
+        args += ["--ro-bind", "/dev/null", str(pth)]
+    bind(CRASHSITE, CRASHSITE)
+    bind(sandbox.site, sandbox.site)
+    bind(sandbox.workdir, sandbox.workdir, "--bind")
+    bind(sandbox.markers, sandbox.markers, "--bind")
+    return args

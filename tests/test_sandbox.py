@@ -1,0 +1,205 @@
+"""Untrusted submissions under grader.sandbox: every attack in tests/hostile fails, the reference still works.
+
+Each test starts one service of a hostile submission with grader.launch.Service inside a Sandbox,
+against the session's native stack (no full graded run), and checks from outside: the log, files,
+PIDs, connections.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+import pytest
+
+from grader.lab import HttpSpec, ServiceSpec
+from grader.launch import Service, ServiceFailed
+from grader.sandbox import Limits, Sandbox, isolation_available
+from grader.sandbox.sandbox import CONTRACT_VARS
+from grader.wait import wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+HOSTILE = Path(__file__).resolve().parent / "hostile"
+ORDER_API = ServiceSpec("order_api", ["python", "-m", "order_api"], http=HttpSpec())
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolation runs submissions as a uid of their own: needs root")
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.fixture
+def run_env(native_stack):
+    ns = native_stack.namespace(prefix="box")
+    yield ns
+    ns.drop()
+
+
+@pytest.fixture
+def sandbox_for(tmp_path):
+    boxes = []
+
+    def make(submission: Path, **limits) -> Sandbox:
+        box = Sandbox(submission, Limits(**limits)).open()
+        boxes.append(box)
+        return box
+
+    yield make
+    for box in boxes:
+        box.close()
+
+
+def start(box: Sandbox, submission: Path, env: dict[str, str], log_dir: Path, healthy: bool = True) -> Service:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    service = Service(ORDER_API, submission, env, log_dir, sandbox=box).start()
+    if healthy:
+        service.wait_healthy(60)
+    return service
+
+
+def log_of(service: Service) -> str:
+    return service.log.read_text(errors="replace")
+
+
+def test_isolation_is_available_here():
+    assert isolation_available() is None
+
+
+def test_reference_order_api_answers_health_inside_the_sandbox(run_env, sandbox_for, tmp_path):
+    box = sandbox_for(REPO / "services")
+    service = start(box, REPO / "services", run_env.env(), tmp_path)
+    assert httpx.get(service.base_url + "/healthz", timeout=5).status_code == 200
+    python = [psutil.Process(p) for p in box.pids() if psutil.Process(p).name().startswith("python")]
+    assert python and all(p.uids().real == box.uid != 0 for p in python)
+    assert all(p.uids().real != os.getuid() for p in python)
+    env = python[0].environ()
+    assert set(env) <= {*CONTRACT_VARS, "PORT", "PATH", "LANG", "HOME", "TMPDIR", "PYTHONPATH", "PYTHONUNBUFFERED",
+                        "PWD"}  # PWD: set by bwrap's --chdir
+    service.stop()
+    assert service.exit_code() == 0  # SIGTERM reached the service itself: it shut down cleanly
+
+
+def test_the_reference_is_not_importable(run_env, sandbox_for, tmp_path):
+    submission = HOSTILE / "imports_reference"
+    service = start(sandbox_for(submission), submission, run_env.env(), tmp_path, healthy=False)
+    wait_until(lambda: not service.alive(), 30, "the hostile service to give up")
+    log = log_of(service)
+    assert service.exit_code() == 3, log
+    assert "ATTACK SUCCEEDED" not in log
+    assert "No module named 'services.order_api'" in log
+    assert log.count("ATTACK FAILED") == 3
+
+
+def test_results_seeds_and_the_grader_s_env_are_out_of_reach(run_env, sandbox_for, tmp_path, monkeypatch):
+    secret = f"SEED-{secrets.token_hex(8)}"
+    monkeypatch.setenv("LABKIT_TEST_SECRET", secret)  # in the grader's own environment
+    (tmp_path / "results" / "lab-1").mkdir(parents=True)
+    (tmp_path / "results" / "lab-1" / "report.json").write_text(f'{{"seed": "{secret}"}}')
+    submission = tmp_path / "class" / "reads_results"  # results next to the class folder, too
+    shutil.copytree(HOSTILE / "reads_results", submission)
+    (tmp_path / "class" / "seed.txt").write_text(secret)
+    service = start(sandbox_for(submission), submission, run_env.env(), tmp_path / "logs")
+    log = log_of(service)
+    assert secret not in log
+    assert "ATTACK FAILED: 0 result files read" in log, log[-3000:]
+
+
+def test_writes_outside_its_folder_are_denied(run_env, sandbox_for, tmp_path):
+    submission = HOSTILE / "writes_outside"
+    box = sandbox_for(submission)
+    service = start(box, submission, run_env.env(), tmp_path)
+    log = log_of(service)
+    assert "ATTACK SUCCEEDED" not in log, log
+    assert log.count("ATTACK FAILED") >= 7
+    assert not list((REPO / ".venv").glob("lib/python*/site-packages/pwned.pth"))
+    assert not (REPO / "services" / "pwned.py").exists() and not (box.root / "pwned.txt").exists()
+    assert not (box.site / "services" / "pwned.py").exists()
+    assert not list(submission.glob("**/pwned*"))  # the original is never touched: the run has a copy
+
+
+def test_a_double_forked_survivor_is_killed(run_env, sandbox_for, tmp_path):
+    submission = HOSTILE / "forks_survivor"
+    box = sandbox_for(submission)
+    service = start(box, submission, run_env.env(), tmp_path)
+    wait_until(lambda: "survivor running" in log_of(service), 10, "the survivor to start")
+    pids = box.pids()
+    survivors = [p for p in pids if psutil.Process(p).uids().real == box.uid]
+    assert len(survivors) >= 2  # the service and its survivor
+    service.stop(timeout=5)
+    assert all(gone(p) for p in pids), [p for p in pids if not gone(p)]
+    assert box.pids() == set()
+
+
+def test_a_flooded_log_is_capped_and_big_files_refused(run_env, sandbox_for, tmp_path):
+    submission = HOSTILE / "floods_log"
+    cap = 256 * 1024
+    service = start(sandbox_for(submission, log_size=cap, file_size=8 << 20), submission, run_env.env(), tmp_path)
+    wait_until(lambda: "log truncated here" in log_of(service), 30, "the log cap")
+    size = service.log.stat().st_size
+    assert size < cap + 1024
+    assert service.alive()  # the service keeps running; only its output is dropped
+    assert "ATTACK FAILED: big file stopped after 8388608 bytes" in log_of(service)
+    assert service.log_tail(3)  # read from the end
+    service.stop()
+    assert service.log.stat().st_size == size
+
+
+def test_another_run_s_database_is_out_of_reach(native_stack, run_env, sandbox_for, tmp_path):
+    other = native_stack.namespace(prefix="victim")
+    secret = f"secret-{secrets.token_hex(8)}"
+    try:
+        with psycopg.connect(other.database_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE payments (note text)")
+            conn.execute("INSERT INTO payments VALUES (%s)", (secret,))
+        submission = HOSTILE / "other_namespace_db"
+        service = start(sandbox_for(submission), submission, run_env.env(), tmp_path)
+        log = log_of(service)
+        assert other.name in log  # it can see the database exists ...
+        assert secret not in log and "ATTACK SUCCEEDED" not in log, log  # ... but not get in
+        assert log.count(f"ATTACK FAILED: {other.name} via") == 4
+    finally:
+        other.drop()
+
+
+def test_a_hanging_service_is_bounded_and_killed(run_env, sandbox_for, tmp_path):
+    submission = HOSTILE / "hangs"
+    box = sandbox_for(submission)
+    service = start(box, submission, run_env.env(), tmp_path, healthy=False)
+    t0 = time.monotonic()
+    with pytest.raises(ServiceFailed, match="did not become healthy"):
+        service.wait_healthy(3)
+    pids = box.pids()
+    service.stop(timeout=1)  # it ignores SIGTERM: SIGKILL after the timeout
+    assert time.monotonic() - t0 < 15
+    assert all(gone(p) for p in pids) and box.pids() == set()
+
+
+def test_the_wall_time_limit_kills_the_whole_run(run_env, sandbox_for, tmp_path):
+    submission = HOSTILE / "forks_survivor"
+    box = sandbox_for(submission, wall_time=4)
+    service = start(box, submission, run_env.env(), tmp_path)
+    wait_until(lambda: not service.alive(), 20, "the wall-time limit")
+    assert box.expired and box.pids() == set()
+
+
+def test_crash_markers_are_copied_back_but_never_a_fifo(sandbox_for, tmp_path):
+    box = sandbox_for(HOSTILE / "hangs")
+    public = tmp_path / "crash-1.json"
+    private = Path(box.environment({"LABKIT_CRASH_MARKER": str(public)})["LABKIT_CRASH_MARKER"])
+    assert private.parent == box.markers
+    os.mkfifo(private)
+    box.collect_markers()  # must not block on the FIFO
+    assert not public.exists()
+    private.unlink()
+    private.write_text('{"point": "consumer-ack"}')
+    box.collect_markers()
+    assert public.read_text() == '{"point": "consumer-ack"}'
