@@ -155,7 +155,8 @@ def test_oversized_bodies_are_413(receiver):
 def test_other_refusals(receiver):
     assert post(receiver, request_bytes(), {"Content-Type": "text/plain"}).status_code == 415
     assert post(receiver, request_bytes(), {**PROTOBUF, "Content-Encoding": "br"}).status_code == 415
-    assert httpx.post(receiver.endpoint + "/v1/logs", content=b"x", headers=PROTOBUF).status_code == 404
+    assert httpx.post(receiver.endpoint + "/v1/profiles", content=b"x", headers=PROTOBUF).status_code == 404
+    assert httpx.post(receiver.endpoint + "/v1/metrics", content=b"x", headers=PROTOBUF).status_code == 200  # dropped
     assert post(receiver, request_bytes(), PROTOBUF).status_code == 200
 
 

@@ -8,7 +8,8 @@ base64). Decoding is opentelemetry-proto's; only the ids are rewritten before it
 Answers: 200 with an empty `ExportTraceServiceResponse` (same encoding as the request); 400 for a
 body that does not decode (the receiver goes on serving); 413 for a body over `max_body` bytes
 (default 8 MiB, compressed or after decompression); 411 without a Content-Length; 415 for another
-content type or encoding; 404 for another path. The OTLP exporters do not retry 400/413, so one bad
+content type or encoding; 404 for another path. `/v1/metrics` and `/v1/logs` answer 200 and are
+dropped (an SDK configured for every signal must not log errors; only traces are judged). The OTLP exporters do not retry 400/413, so one bad
 batch never blocks the rest.
 
 OTLP/gRPC (`TraceService/Export`) listens on a second port when grpcio is importable (it comes with
@@ -35,6 +36,7 @@ from .spans import SPAN_EVENT, Span, decode_request
 
 MAX_BODY = 8 * 1024 * 1024
 TRACES_PATH = "/v1/traces"
+OTHER_SIGNALS = ("/v1/metrics", "/v1/logs")  # a service exporting these too gets a 200, nothing is kept
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
 
 
@@ -229,7 +231,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         receiver = self.server.receiver
-        if self.path.split("?")[0] != TRACES_PATH:
+        path = self.path.split("?")[0]
+        if path not in (TRACES_PATH, *OTHER_SIGNALS):
             return self._refuse(404, f"only {TRACES_PATH} is served here", drain=False)
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
@@ -239,6 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
                                 drain=False)
         body = self.rfile.read(int(length))
         content_type = self.headers.get("Content-Type", "")
+        if path in OTHER_SIGNALS:  # accepted and dropped: the checks judge traces only
+            return self._answer(200, JSON, b"{}") if content_type.startswith(JSON) else self._answer(200, PROTOBUF, b"")
         try:
             request = parse_body(body, content_type, self.headers.get("Content-Encoding", ""), receiver.max_body)
         except BodyError as e:

@@ -105,7 +105,7 @@ class _Waterfall:
         text.append(span.name)
         text.append(f" [{span.span_id[:8]}]", style="dim")
         if span.parent_span_id and self.index.parent(span) is None:
-            text.append(f" (parent {span.parent_span_id[:8]} not received)", style="yellow")
+            text.append(f" (remote parent {span.parent_span_id[:8]})", style="dim")
         if span.is_error:
             message = span.status.get("message") or ""
             text.append(" ERROR" + (f": {message}" if message else ""), style="bold red")
@@ -125,7 +125,7 @@ def render_trace(spans: Iterable[Span] | SpanIndex, trace_id: str, faults: Seque
 
 
 def trace_text(spans: Iterable[Span] | SpanIndex, trace_id: str, faults: Sequence[Fault] = (), *,
-               linked: bool = True, max_spans: int | None = 30, bar_width: int = 0, width: int = 140) -> str:
+               linked: bool = True, max_spans: int | None = 30, bar_width: int = 0, width: int = 160) -> str:
     """The same waterfall as plain text (no colours), e.g. for a check's evidence."""
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False, no_color=True,
                       highlight=False)

@@ -348,7 +348,8 @@ def check_no_secret_leaks(spans: Iterable[Span] | SpanIndex, secrets: Sequence[s
         for where_, text in span_strings(span):
             for n, secret in enumerate(secrets, 1):
                 if secret in text:
-                    leaks.append(f"secret #{n} ({_masked(secret)}) in {span.short()} {where_}, trace {span.trace_id}")
+                    leaks.append(_mask(f"secret #{n} ({_masked(secret)}) in {span.short()} {where_}, "
+                                       f"trace {span.trace_id}", secrets))
     return CheckResult.verdict(
         id, title, max_points, not leaks,
         f"{len(leaks)} secret occurrence(s) in {len(index.spans)} spans" if leaks else
@@ -359,6 +360,13 @@ def check_no_secret_leaks(spans: Iterable[Span] | SpanIndex, secrets: Sequence[s
 
 def _masked(secret: str) -> str:
     return secret[:3] + "…" if len(secret) > 6 else "…"
+
+
+def _mask(text: str, secrets: Sequence[str]) -> str:
+    """Evidence must not repeat the leak (a span name may hold the secret too)."""
+    for secret in secrets:
+        text = text.replace(secret, _masked(secret))
+    return text
 
 
 def check_spans_after_shutdown(spans: Iterable[Span] | SpanIndex, operations: Sequence[Operation],

@@ -1,0 +1,3 @@
+from services.order_api.app import main
+
+main()
