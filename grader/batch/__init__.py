@@ -7,33 +7,47 @@
 """
 from __future__ import annotations
 
+import inspect
+
 from .discover import Submission, discover
 from .run import ClassResult, Options, RunOutcome, grade_class
+
+
+GRADE_FLAGS = ("isolated", "isolate", "sandboxed", "sandbox")  # how grade() may spell "run it in the sandbox"
+
+
+def _grade_flag() -> str | None:
+    from ..runner import grade
+
+    params = inspect.signature(grade).parameters
+    return next((name for name in GRADE_FLAGS if name in params), None)
 
 
 def isolation_available() -> str | None:
     """None when submissions can run isolated here (own uid, limits, per-run credentials), else why not.
 
-    The sandbox (grader/sandbox) says; until it exists, isolation is unavailable and `labkit grade`
-    needs --trust-submissions."""
+    Both must hold: the sandbox (grader/sandbox) can run on this machine, and grade() can use it."""
     try:
-        from .. import sandbox  # type: ignore[attr-defined]
+        from ..sandbox import isolation_available as sandbox_problem
     except ImportError:
-        return "this kit has no sandbox for submissions yet (grader/sandbox)"
-    reason = getattr(sandbox, "isolation_unavailable", None)
-    return reason() if callable(reason) else "grader/sandbox does not say whether it can run here"
+        return "this kit has no sandbox for submissions (grader/sandbox)"
+    reason = sandbox_problem()
+    if reason:
+        return reason
+    if _grade_flag() is None:
+        return "grader.runner.grade() cannot run a submission in the sandbox yet"
+    return None
 
 
 def grade_options(isolated: bool) -> dict:
-    """Extra keyword arguments for grader.runner.grade() in an isolated run (the sandbox's flag)."""
+    """Keyword arguments for grader.runner.grade(): the sandbox flag for an isolated run. Never silently
+    unisolated: asking for isolation where grade() has no flag is an error."""
     if not isolated:
         return {}
-    try:
-        from .. import sandbox  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
-    options = getattr(sandbox, "grade_options", None)
-    return options() if callable(options) else {}
+    flag = _grade_flag()
+    if flag is None:
+        raise RuntimeError("grader.runner.grade() has no sandbox flag: cannot isolate this run")
+    return {flag: True}
 
 
 __all__ = ["ClassResult", "Options", "RunOutcome", "Submission", "discover", "grade_class", "grade_options",
