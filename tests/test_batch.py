@@ -294,3 +294,37 @@ def test_classroom_bundle_has_the_workflow_the_reporter_needs(tmp_path, lab):
     assert reporter["with"]["runners"] == "labkit"
     assert reporter["env"]["LABKIT_RESULTS"] == "${{ steps.labkit.outputs.result }}"
     assert not (tmp_path / "template" / "services" / "order_api").exists()
+
+
+def test_stopping_the_batch_stops_its_runs_and_leaves_them_ungraded(tmp_path):
+    """SIGTERM to `labkit grade` mid-run: workers stop (and their servers with them), nothing is marked
+    graded, and the next invocation grades the submission."""
+    import signal
+
+    import psutil
+
+    from grader.wait import wait_until
+
+    slow = services(tmp_path / "class" / "slow")
+    (slow / "order_api" / "__main__.py").write_text("import time\ntime.sleep(600)\n")  # never healthy
+    out = tmp_path / "graded"
+    proc = subprocess.Popen([sys.executable, "-m", "grader.cli", "grade", "lab-1", str(tmp_path / "class"), "--out",
+                             str(out), "--runtime", "native", "--trust-submissions"], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def worker_running() -> bool:
+            return any("grader.batch.worker" in " ".join(c.cmdline()) for c in psutil.Process(proc.pid).children())
+        wait_until(worker_running, 60, "the worker to start")
+        workers = [c for c in psutil.Process(proc.pid).children(recursive=True)]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    def alive(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    wait_until(lambda: not any(alive(p) for p in workers), 60, "the run's processes to stop")
+    assert not (out / "slow" / "meta.json").exists() and not (out / "slow" / "report.json").exists()

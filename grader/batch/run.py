@@ -19,12 +19,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
@@ -112,6 +114,19 @@ def _stop(proc: subprocess.Popen, grace: float = 30) -> None:
         proc.wait()
 
 
+_running: set[subprocess.Popen] = set()  # live workers: stopped if the batch itself is stopped
+_running_lock = threading.Lock()
+_stopping = threading.Event()  # the batch is being stopped: unfinished runs are left ungraded, not ERROR
+
+
+class Interrupted(Exception):
+    """A run stopped because the batch was stopped; it is graded on the next invocation."""
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _grade_once(lab: Lab, sub: Submission, folder: Path, out_dir: Path, opts: Options) -> dict:
     """One run in a worker process; its report.json, or an error report when it produced none."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,12 +141,19 @@ def _grade_once(lab: Lab, sub: Submission, folder: Path, out_dir: Path, opts: Op
     with open(out_dir / "worker.log", "w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=REPO_ROOT)
+        with _running_lock:
+            _running.add(proc)
         try:
             proc.wait(opts.timeout)
             reason = f"the grading run exited with code {proc.returncode} before writing its report"
         except subprocess.TimeoutExpired:
             _stop(proc)
             reason = f"the run took longer than {opts.timeout:.0f} s and was stopped"
+        finally:
+            with _running_lock:
+                _running.discard(proc)
+    if _stopping.is_set():
+        raise Interrupted(sub.name)
     try:
         return json.loads((out_dir / "report.json").read_text())
     except (OSError, ValueError):
@@ -186,7 +208,7 @@ def grade_class(lab: Lab, submissions: Path, out: Path, opts: Options = Options(
         bar = progress.add_task(f"grading {lab.id}", total=len(todo) + skipped, completed=skipped)
         if skipped:
             progress.console.print(f"[dim]{skipped} run(s) already graded: skipped (--force grades them again)[/]")
-        with ThreadPoolExecutor(max(1, opts.jobs)) as pool:
+        with ThreadPoolExecutor(max(1, opts.jobs)) as pool, _stopping_workers(pool):
             futures = [pool.submit(one, *task) for task in todo]
             for future in as_completed(futures):
                 outcome = future.result()
@@ -202,6 +224,33 @@ def grade_class(lab: Lab, submissions: Path, out: Path, opts: Options = Options(
     result.outcomes.sort(key=lambda o: (o.student, o.run))
     write_summaries(result, opts)
     return result
+
+
+@contextmanager
+def _stopping_workers(pool: ThreadPoolExecutor) -> Iterator[None]:
+    """Ctrl-C or SIGTERM of the batch stops its running workers (each then stops its own servers) and
+    starts no more; what finished stays graded, so the next invocation resumes from there."""
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        signal.signal(signal.SIGTERM, _interrupt)
+    _stopping.clear()
+    try:
+        yield
+    except BaseException:
+        _stopping.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        with _running_lock:
+            live = list(_running)
+        for proc in live:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in live:
+            _stop(proc, grace=30)
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def write_summaries(result: ClassResult, opts: Options) -> None:

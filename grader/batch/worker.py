@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
 import traceback
 from datetime import datetime, timezone
@@ -34,6 +35,10 @@ def replay_command(lab: Lab, submission: Path, seed: int, runtime: str) -> str:
                        "--runtime", runtime])
 
 
+def _unwind(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grader.batch.worker")
     parser.add_argument("lab")
@@ -44,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student", default="")
     parser.add_argument("--isolated", action="store_true", help="grade in the sandbox (grader/sandbox)")
     args = parser.parse_args(argv)
+    # SIGTERM from the batch (its deadline, or the batch being stopped): unwind, so grade() stops the
+    # run's servers and services on the way out instead of leaving them to the guardian.
+    signal.signal(signal.SIGTERM, _unwind)
 
     from ..runner import grade
     from . import grade_options
