@@ -241,3 +241,18 @@ def test_html_report_renders_in_a_headless_browser(tmp_path):
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000, "the screenshot (a test artefact) is missing or blank"
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_html_shows_the_waterfall_of_a_trace_a_failing_check_cites(tmp_path):
+    from grader.otlp.spans import SPAN_EVENT, Span
+
+    trace = "ab" * 16
+    spans = [Span(trace, "1" * 16, "", "POST /orders", "SERVER", "order_api", 1_000_000_000, 1_050_000_000),
+             Span(trace, "2" * 16, "1" * 16, "orders publish", "PRODUCER", "order_api", 1_010_000_000, 1_040_000_000)]
+    history = tmp_path / "history.jsonl"
+    history.write_text("".join(json.dumps({"t": 1.0, "kind": SPAN_EVENT, "actor": "otlp", "data": s.record()}) + "\n"
+                               for s in spans))
+    failing = CheckResult.verdict("traces", "One trace per order", 1, False, "1 of 1 operations broken",
+                                  [f"order k-1: no CONSUMER span in trace {trace}"])
+    html = render_html(report(results=[failing]), history)
+    assert f"trace {trace}" in html and "orders publish" in html and "POST /orders" in html
