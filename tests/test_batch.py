@@ -143,6 +143,12 @@ def test_a_single_submission_is_a_class_of_one(tmp_path, lab):
     assert [s.name for s in discover(tmp_path / "submission", lab, tmp_path / "work")] == ["submission"]
 
 
+def test_a_submission_without_services_is_still_one_to_grade(tmp_path, lab):
+    (tmp_path / "submission").mkdir()
+    (tmp_path / "submission" / "main.py").write_text("print('wrong layout')\n")
+    assert [s.source for s in discover(tmp_path / "submission", lab, tmp_path / "work")] == [tmp_path / "submission"]
+
+
 def test_fingerprint_changes_with_the_submission(tmp_path, lab):
     services(tmp_path / "alice")
     (sub,) = discover(tmp_path / "alice", lab, tmp_path / "work")
