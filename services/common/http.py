@@ -1,6 +1,7 @@
 """FastAPI plumbing: JSON errors for everything, and uvicorn on 127.0.0.1:$PORT."""
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -25,8 +26,14 @@ class ApiError(Exception):
         return JSONResponse({"error": self.code, "detail": self.detail}, status_code=self.status)
 
 
+# FastAPI >= 0.16x traces requests itself (a SERVER span per request on the global provider); the
+# services open their own SERVER span, so without this every request would show two.
+NO_NATIVE_TRACING = ({"telemetry": {"tracing": False}}
+                     if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {})
+
+
 def json_app(title: str) -> FastAPI:
-    app = FastAPI(title=title)
+    app = FastAPI(title=title, **NO_NATIVE_TRACING)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
