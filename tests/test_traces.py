@@ -21,7 +21,7 @@ from grader.lab import find_lab
 from grader.launch import Service
 from grader.nemesis.duplicates import read_all
 from grader.otlp import OtlpReceiver, Span
-from grader.report.waterfall import render_trace, trace_text
+from grader.report.waterfall import faults_in_span_clock, render_trace, trace_text
 from grader.stack import make_stack
 from grader.traces import (ANY, Expectation, ExpectedError, Operation, OperationSpans, RecordHeader, Redelivery, Sel,
                            SpanIndex, Step, check_connected_traces, check_error_status, check_no_secret_leaks,
@@ -292,6 +292,12 @@ def test_waterfall():
     console.print(render_trace(spans, T1, [fault]))
     assert "█" in console.export_text()  # the timeline bar
     assert "… 2 more spans" in trace_text(spans, T1, max_spans=1)
+
+
+def test_faults_from_the_history_clock_to_the_span_clock():
+    summaries = [{"fault": "kill", "target": "read_model", "start": 2.0, "end": 2.5, "description": None},
+                 {"fault": "cut", "target": "kafka", "start": None, "end": None, "reason": "no proxy"}]
+    assert faults_in_span_clock(summaries, wall_t0_ns=B) == [(B + 2 * 10**9, B + 2_500_000_000, "kill read_model")]
 
 
 # --- real services ----------------------------------------------------------------------------

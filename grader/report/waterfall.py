@@ -31,6 +31,20 @@ def fmt_ns(ns: float) -> str:
     return f"{ns / 1e9:.2f}s"
 
 
+def faults_in_span_clock(faults: Iterable[dict], wall_t0_ns: int, now: float | None = None) -> list[Fault]:
+    """Fault summaries (grader.nemesis.fault_events: `start`/`end` in seconds since the history
+    started) as (start, end, label) in unix ns, given the wall clock at the history's start. A fault
+    never healed ends at `now` (seconds, default: its start); one never injected is left out."""
+    out = []
+    for f in faults:
+        if f.get("start") is None:
+            continue
+        end = f.get("end") if f.get("end") is not None else (now if now is not None else f["start"])
+        label = f.get("description") or " ".join(str(x) for x in (f.get("fault"), f.get("target")) if x)
+        out.append((wall_t0_ns + int(f["start"] * 1e9), wall_t0_ns + int(end * 1e9), label))
+    return out
+
+
 def overlapping(faults: Iterable[Fault], start: int, end: int) -> list[Fault]:
     return [f for f in faults if f[0] <= end and f[1] >= start]
 
