@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..checks import CheckResult
 from ..otlp.spans import Span
@@ -66,6 +66,13 @@ def _evidence(failed: Sequence[OperationSpans], faults: Sequence[Fault]) -> list
     return [op.evidence(faults, excerpt=i < EXCERPTS) for i, op in enumerate(failed)]
 
 
+def _failing(index: SpanIndex, items: Sequence[Any],
+             judge: Callable[[OperationSpans, Any], OperationSpans]) -> list[OperationSpans]:
+    """Run `judge` on each item's operation (items have .label and .trace_id); the failed ones."""
+    checks = [judge(OperationSpans(index, item.trace_id, item.label), item) for item in items]
+    return [check for check in checks if not check.ok]
+
+
 def _none_to_judge(id: str, title: str, max_points: float, what: str) -> CheckResult:
     return CheckResult.skip(id, title, max_points, f"no {what} to judge in this run")
 
@@ -81,16 +88,16 @@ def check_connected_traces(spans: Iterable[Span] | SpanIndex, operations: Sequen
     if not operations:
         return _none_to_judge(id, title, max_points, "traced operations")
     index = _index(spans)
-    failed = []
-    for op in operations:
-        check = OperationSpans(index, op.trace_id, op.label)
+
+    def connected(check: OperationSpans, op: Operation) -> OperationSpans:
         previous = _first_step(check, chain[0], op)
         for upstream, step in zip(chain, chain[1:]):
             if not previous:
                 break
             previous = check.joined(previous, step, upstream_name=str(upstream))
-        if not check.ok:
-            failed.append(check)
+        return check
+
+    failed = _failing(index, operations, connected)
     evidence = _evidence(failed, faults) + _orphans(index, chain, operations)
     shape = " → ".join(str(step) for step in chain)
     return CheckResult.verdict(
@@ -265,11 +272,7 @@ def check_redelivery(spans: Iterable[Span] | SpanIndex, redeliveries: Sequence[R
     if not redeliveries:
         return _none_to_judge(id, title, max_points, "redelivered records")
     index = _index(spans)
-    failed = []
-    for r in redeliveries:
-        check = OperationSpans(index, r.trace_id, r.label).count(consumer, at_least=r.deliveries)
-        if not check.ok:
-            failed.append(check)
+    failed = _failing(index, redeliveries, lambda check, r: check.count(consumer, at_least=r.deliveries))
     return CheckResult.verdict(
         id, title, max_points, not failed,
         f"{len(redeliveries) - len(failed)} of {len(redeliveries)} redelivered records show every delivery",
@@ -296,11 +299,7 @@ def check_error_status(spans: Iterable[Span] | SpanIndex, failures: Sequence[Exp
     if not failures:
         return _none_to_judge(id, title, max_points, "failed operations")
     index = _index(spans)
-    failed = []
-    for f in failures:
-        check = OperationSpans(index, f.trace_id, f.label).status(f.span, "ERROR")
-        if not check.ok:
-            failed.append(check)
+    failed = _failing(index, failures, lambda check, f: check.status(f.span, "ERROR"))
     return CheckResult.verdict(
         id, title, max_points, not failed,
         f"{len(failures) - len(failed)} of {len(failures)} failed operations have a span with status ERROR",
@@ -380,13 +379,13 @@ def check_spans_after_shutdown(spans: Iterable[Span] | SpanIndex, operations: Se
     if not operations:
         return _none_to_judge(id, title, max_points, "operations completed before the SIGTERM")
     index = _index(spans)
-    failed = []
-    for op in operations:
-        check = OperationSpans(index, op.trace_id, op.label)
+
+    def arrived(check: OperationSpans, _: Operation) -> OperationSpans:
         for sel in expected:
             check.has(sel)
-        if not check.ok:
-            failed.append(check)
+        return check
+
+    failed = _failing(index, operations, arrived)
     return CheckResult.verdict(
         id, title, max_points, not failed,
         f"{len(operations) - len(failed)} of {len(operations)} operations completed before SIGTERM have their spans",
