@@ -334,3 +334,17 @@ def test_stopping_the_batch_stops_its_runs_and_leaves_them_ungraded(tmp_path):
             return False
     wait_until(lambda: not any(alive(p) for p in workers), 60, "the run's processes to stop")
     assert not (out / "slow" / "meta.json").exists() and not (out / "slow" / "report.json").exists()
+
+
+def test_a_refused_archive_gets_a_row_that_says_why(tmp_path):
+    services(tmp_path / "class" / "alice")
+    zip_of(tmp_path / "class" / "mallory.zip", {"../../escape.py": b"x"})
+    (tmp_path / "class" / "alice" / "order_api" / "__main__.py").write_text("raise SystemExit(1)\n")
+    out = tmp_path / "graded"
+    result = CliRunner().invoke(cli.app, ["grade", "lab-1", str(tmp_path / "class"), "--out", str(out),
+                                          "--runtime", "native", "--trust-submissions"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "mallory" / "report.json").read_text())
+    assert report["score"] == 0 and "the archive was refused" in report["checks"][0]["message"]
+    assert not (tmp_path / "escape.py").exists() and not list(tmp_path.rglob("escape.py"))
+    assert "mallory" in (out / "class.csv").read_text()

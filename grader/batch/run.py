@@ -163,26 +163,32 @@ def _grade_once(lab: Lab, sub: Submission, folder: Path, out_dir: Path, opts: Op
         return json.loads((out_dir / "report.json").read_text())
 
 
-def grade_class(lab: Lab, submissions: Path, out: Path, opts: Options = Options(),
+def _refused(lab: Lab, sub: Submission, out: Path, why: str, opts: Options) -> list[RunOutcome]:
+    """Nothing to run (e.g. an unsafe archive): every run an error report saying why."""
+    outcomes = []
+    for k in range(1, opts.repeat + 1):
+        folder = run_dir(out, sub.name, k)
+        write_all(error_report(lab, sub.source, why, opts.runtime), folder, {"student": sub.name})
+        outcomes.append(RunOutcome(sub.name, k, folder, json.loads((folder / "report.json").read_text())))
+    return outcomes
+
+
+def grade_class(lab: Lab, submissions: Path, out: Path, opts: Options | None = None,
                 console: Console | None = None, on_outcome: Callable[[RunOutcome], None] | None = None) -> ClassResult:
+    opts = opts or Options()
     out = out.resolve()
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
     console = console or Console(stderr=True)
-    subs = discover(submissions, lab, work)
     result = ClassResult(out)
     todo: list[tuple[Submission, Path, str, int]] = []
-    for sub in subs:
+    for sub in discover(submissions, lab, work):
         fp = fingerprint(sub)
         try:
             folder = materialize(sub, lab, work)
         except UnsafeArchive as e:
             shutil.rmtree(work / sub.name, ignore_errors=True)
-            for k in range(1, opts.repeat + 1):  # nothing to run: an error report, every run
-                report = error_report(lab, sub.source, f"the archive was refused: {e}", opts.runtime)
-                write_all(report, run_dir(out, sub.name, k), {"student": sub.name})
-                result.outcomes.append(RunOutcome(sub.name, k, run_dir(out, sub.name, k),
-                                                  json.loads((run_dir(out, sub.name, k) / "report.json").read_text())))
+            result.outcomes += _refused(lab, sub, out, f"the archive was refused: {e}", opts)
             continue
         for k in range(1, opts.repeat + 1):
             done = None if opts.force else _graded(run_dir(out, sub.name, k), fp)
@@ -201,11 +207,12 @@ def grade_class(lab: Lab, submissions: Path, out: Path, opts: Options = Options(
         (folder_out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         return RunOutcome(sub.name, k, folder_out, report, seconds=time.monotonic() - t0)
 
-    skipped = len(result.outcomes)
+    skipped = sum(o.skipped for o in result.outcomes)
     columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task(f"grading {lab.id}", total=len(todo) + skipped, completed=skipped)
+        bar = progress.add_task(f"grading {lab.id}", total=len(todo) + len(result.outcomes),
+                                completed=len(result.outcomes))
         if skipped:
             progress.console.print(f"[dim]{skipped} run(s) already graded: skipped (--force grades them again)[/]")
         with ThreadPoolExecutor(max(1, opts.jobs)) as pool, _stopping_workers(pool):
