@@ -348,3 +348,15 @@ def test_a_refused_archive_gets_a_row_that_says_why(tmp_path):
     assert report["score"] == 0 and "the archive was refused" in report["checks"][0]["message"]
     assert not (tmp_path / "escape.py").exists() and not list(tmp_path.rglob("escape.py"))
     assert "mallory" in (out / "class.csv").read_text()
+
+
+def test_bundle_command(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(cli.app, ["bundle", "--gradescope", "lab-1", str(tmp_path / "ag.zip")]).exit_code == 0
+    assert zipfile.ZipFile(tmp_path / "ag.zip").getinfo("run_autograder")
+    assert runner.invoke(cli.app, ["bundle", "--classroom", "lab-1", str(tmp_path / "tpl")]).exit_code == 0
+    assert (tmp_path / "tpl" / ".github" / "workflows" / "classroom.yml").exists()
+    assert runner.invoke(cli.app, ["bundle", "--student", str(tmp_path / "kit")]).exit_code == 0
+    again = runner.invoke(cli.app, ["bundle", "--student", str(tmp_path / "kit")])
+    assert again.exit_code == 2 and "exists" in again.output
+    assert runner.invoke(cli.app, ["bundle", "lab-1", str(tmp_path / "x")]).exit_code == 2
