@@ -158,6 +158,18 @@ def test_connected_fails_when_the_consumer_is_neither_parented_nor_linked():
     assert any("start a new trace with neither a parent nor a link" in e for e in result.evidence)
 
 
+def test_a_chain_may_start_with_a_consumer_of_the_graders_own_record():
+    chain = [Step(service="worker", kind="CONSUMER"), Step(service="worker", kind="CLIENT")]
+    parented = [span("process jobs", "CONSUMER", "worker", "1", CLIENT, attrs=PROCESS),
+                span("INSERT", "CLIENT", "worker", "2", "1", attrs={"db.system.name": "postgresql"})]
+    linked = [span("process jobs", "CONSUMER", "worker", "3", trace=T2, attrs=PROCESS, links=(link(T1, CLIENT),)),
+              span("INSERT", "CLIENT", "worker", "4", "3", trace=T2, attrs={"db.system.name": "postgresql"})]
+    assert check_connected_traces(parented, [op()], chain).passed
+    assert check_connected_traces(linked, [op()], chain).passed
+    elsewhere = [span("process jobs", "CONSUMER", "worker", "3", trace=T2, attrs=PROCESS, links=(link(T1, "5"),))]
+    assert not check_connected_traces(elsewhere, [op()], chain).passed  # linked, but not to the grader's span
+
+
 def test_connected_fails_when_the_server_span_does_not_continue_the_traceparent():
     spans = [span("POST /orders", "SERVER", "order_api", "1", trace=T2, end=30, attrs=HTTP)]
     result = check_connected_traces(spans, [op()], CHAIN)

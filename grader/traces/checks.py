@@ -109,9 +109,15 @@ def check_connected_traces(spans: Iterable[Span] | SpanIndex, operations: Sequen
 
 
 def _first_step(check: OperationSpans, step: Step, op: Operation) -> list[Span]:
+    """The first step continues the grader's context: as a child in its trace or, for a step that may
+    join by link (a consumer of a record the grader produced), as a span linking to it."""
     mine = check.select(step, own_trace=True)
     if op.parent_span_id:
         mine = [s for s in mine if s.parent_span_id == op.parent_span_id]
+    if not mine and step.joins_by_link:
+        mine = [s for s in check.select(step) if any(
+            link.get("trace_id") == op.trace_id and (not op.parent_span_id or link.get("span_id") == op.parent_span_id)
+            for link in s.links)]
     if not mine:
         elsewhere = "" if not check.select(step) else " (only in a linked trace)"
         check.fail(f"no {step} in the request's trace{elsewhere}: the service must continue the incoming "
