@@ -31,6 +31,7 @@ from .report import RunReport
 from .scenario import fault_summary, judge
 from .stack import Namespace, Stack, StackError, make_stack
 from .stack.procs import free_port
+from .supervisor import Supervisor
 from .wait import WaitTimeout, wait_until
 from .workloads.http import HttpWorkload
 
@@ -158,6 +159,7 @@ def prepare(lab: Lab, submission: Path, runtime: str, seed: int, out_dir: Path, 
         resources.callback(service.stop)
     run = Run(lab, submission, seed, stack, ns, services, out_dir, proxies, say=say)
     resources.callback(run.close)
+    resources.callback(Supervisor(run).start().stop)  # stops first: services are then stopped for good
     return run
 
 

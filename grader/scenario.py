@@ -72,6 +72,8 @@ class Nemesis:
                 (step.after_ok <= 0 or self._ok_ops(step.f) >= step.after_ok))
 
     def _play(self, steps: list[At]) -> None:
+        for step, nxt in zip(steps, steps[1:]):  # lets a restarting fault prepare the next one (pre-arming)
+            step.fault.successor = nxt.fault
         try:
             for step in steps:
                 while not self._due(step):

@@ -24,14 +24,22 @@ def _body_key(body: object) -> tuple | None:
     return None
 
 
-def placed(history: History) -> dict[str, Op]:
-    """order_id -> the first place operation answered 201 with it."""
+def placed(history: History, before: float | None = None) -> dict[str, Op]:
+    """order_id -> the first place operation answered 201 with it (acknowledged before `before`)."""
     orders: dict[str, Op] = {}
     for op in history.ops("place"):
+        if before is not None and (op.t_complete is None or op.t_complete > before):
+            continue
         body = op.result.get("body")
         if op.type == "ok" and isinstance(body, dict) and body.get("order_id"):
             orders.setdefault(str(body["order_id"]), op)
     return orders
+
+
+def observed_at(history: History) -> float | None:
+    """When the grader read the downstream tables (what was acknowledged later cannot be in them)."""
+    found = history.observations(DOWNSTREAM)
+    return found[-1].t if found else None
 
 
 def downstream(history: History) -> tuple[dict[str, tuple], dict[str, tuple]] | None:
@@ -77,7 +85,7 @@ def check_no_lost_orders(history: History, **args) -> CheckResult:
     orders, _ = downstream(history)
     acked = {o: f"{op.invoke['body'].get('customer_id')}, {op.invoke['body'].get('amount_cents')} cents "
                 f"({_detail(op)}{fault_after(history, op.t_complete)})"
-             for o, op in placed(history).items()}
+             for o, op in placed(history, before=observed_at(history)).items()}
     return check_lost(acknowledged=acked, applied=set(orders), **args)
 
 
@@ -150,5 +158,5 @@ def check_final_status(history: History, **args) -> CheckResult:
         order_id = str(op.invoke.get("path", "")).split("/")[2] if op.invoke.get("path", "").count("/") >= 3 else ""
         (cancelled if op.type == "ok" else unsure if op.type == "info" else set()).add(order_id)
     expected = {o: ("cancelled" if o in cancelled else "placed")
-                for o in placed(history) if o in orders and o not in unsure}
+                for o in placed(history, before=observed_at(history)) if o in orders and o not in unsure}
     return check_final_state(expected=expected, observed={o: orders[o][2] for o in expected}, **args)

@@ -12,8 +12,11 @@ from .generic import Case, check_expectations
 from .result import CheckResult
 
 
-def check_poison(history: History, error_header: str = "error", **args) -> CheckResult:
-    injected = [e.data for e in history.events("fault") if e.data.get("fault") == "poison" and e.data.get("phase") == "end"]
+def check_poison(history: History, consumer: str = "read_model", error_header: str = "error", **args) -> CheckResult:
+    injected = [e for e in history.events("fault") if e.data.get("fault") == "poison" and e.data.get("phase") == "end"]
+    since = injected[0].t if injected else 0.0
+    exits = [e.data for e in history.observations("exit") if e.t >= since and e.data.get("service") == consumer]
+    injected = [e.data for e in injected]
     dead = history.last_observation("dead-letters")
     after = history.last_observation("after-poison")
     if not injected or dead is None or after is None:
@@ -22,8 +25,9 @@ def check_poison(history: History, error_header: str = "error", **args) -> Check
     records = dead.get("records", [])
     flagged = [r for r in records if r.get("headers", {}).get(error_header)]
     cases = [
-        Case("consumer still running after malformed records", "running", after.get("consumer", "?"),
-             after.get("consumer") == "running"),
+        Case("consumer keeps running after malformed records", "running, no exit",
+             ", ".join(f"exited with code {x.get('code')}" for x in exits) or after.get("consumer", "?"),
+             after.get("consumer") == "running" and not exits),
         Case("malformed records in the dead-letter topic", f"{want} records in {dead.get('topic')} with an "
              f"'{error_header}' header", f"{len(records)} records, {len(flagged)} with an '{error_header}' header",
              len(flagged) >= want),

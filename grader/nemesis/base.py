@@ -81,6 +81,7 @@ class Fault(ABC):
     """
 
     kind: ClassVar[str]
+    successor: "Fault | None" = None  # the next fault of its schedule, so one can prepare the other
 
     def __init__(self, target: str) -> None:
         self.target = target

@@ -50,10 +50,18 @@ class ServiceFault(Fault):
     def service(self, run: Target) -> "Service":
         return run.services[self.target]
 
+    successor: "Fault | None" = None  # the next fault of the same schedule (set by the scheduler)
+
     def bring_back(self, run: Target) -> None:
-        """Start the service again, unarmed, and wait until it is healthy (HTTP) or alive."""
+        """Start the service again and wait until it is healthy (HTTP) or alive: unarmed, or armed
+        for the next crash fault of the schedule on this service (saving that fault a kill)."""
         svc = self.service(run)
-        svc.restart()
+        nxt = self.successor
+        if isinstance(nxt, _ArmedKill) and nxt.target == self.target and not nxt.unavailable(run):
+            svc.restart(nxt.arm_env(run))
+            self.detail["armed_next"] = nxt.id
+        else:
+            svc.restart()
         svc.wait_healthy(HEALTHY_WITHIN)
         self.detail["new_pid"] = svc.proc.pid if svc.proc else None
 
@@ -108,12 +116,27 @@ class _ArmedKill(ServiceFault):
         self._error: BaseException | None = None
         self._bound = fallback_after
 
+    def marker(self, run: Target) -> Path:
+        return (Path(run.out_dir) / f"crash-{self.target}-{self.id}.json").resolve()
+
+    def arm_env(self, run: Target) -> dict[str, str]:
+        """The env that arms a life of the service for this fault (also used to pre-arm it)."""
+        return crash_env(self.point, self.when, self.nth, self.marker(run))
+
+    def armed(self, run: Target) -> bool:
+        """Is the running life already armed for this fault (started so by its predecessor)?"""
+        svc = self.service(run)
+        return svc.alive() and svc.extra_env.get("LABKIT_CRASH_MARKER") == str(self.marker(run))
+
     def inject(self, run: Target) -> None:
         svc = self.service(run)
-        marker = Path(run.out_dir) / f"crash-{self.target}-{self.id}.json"
-        if svc.alive():
-            self.detail["previous_pid"] = svc.proc.pid
-        svc.restart(crash_env(self.point, self.when, self.nth, marker))
+        marker = self.marker(run)
+        if self.armed(run):  # pre-armed: no extra kill, and a marker already written still counts
+            self.detail["pre_armed"] = True
+        else:
+            if svc.alive():
+                self.detail["previous_pid"] = svc.proc.pid
+            svc.restart(self.arm_env(run))
         proc = svc.proc
         self.detail.update(pid=proc.pid, point=self.point, when=self.when, nth=self.nth)
         deadline = time.monotonic() + self.fallback_after

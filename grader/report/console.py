@@ -53,9 +53,13 @@ def print_report(report: RunReport, console: Console | None = None) -> None:
         points = f"{r.points:g}/{r.max_points:g}"
         table.add_row(escape(r.title), _state(r), points, escape(r.message))
     console.print(table)
+    errors = {r.message for r in report.results if r.state == "ERROR"}
+    shared_error = len(errors) == 1 and all(r.state == "ERROR" for r in report.results if not r.passed)
     for r in report.results:
-        if not r.passed:
+        if not r.passed and not (shared_error and r.state == "ERROR"):
             console.print(_details(r))
+    if shared_error:  # one cause (the run stopped): say it once
+        console.print(Panel(escape(errors.pop()), title="[yellow]ERROR[/] the run could not finish", title_align="left"))
     if report.faults:
         console.print(fault_table(report))
     for note in report.notes:

@@ -18,6 +18,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -27,6 +28,7 @@ import psutil
 from ..nemesis.crashpoints import CRASHSITE
 from ..stack.procs import Guardian, ServerProcess
 from .cgroups import Cgroup
+from .firewall import Egress, ports_in
 from .uids import UidLease
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -74,10 +76,14 @@ class Sandbox:
         self.root: Path | None = None
         self.lease: UidLease | None = None
         self.cgroup: Cgroup | None = None
+        self.egress: Egress | None = None
         self.procs: list[SandboxedProcess] = []
         self.expired = False  # the wall-time limit fired
         self._timer: threading.Timer | None = None
         self._markers: dict[str, Path] = {}  # private marker path -> where the grader expects it
+        self._copied: dict[str, tuple[int, int]] = {}  # private marker path -> (size, mtime) copied
+        self._marker_lock = threading.Lock()
+        self._closed = threading.Event()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -100,6 +106,7 @@ class Sandbox:
         os.chmod(self.workdir, 0o700)
         _build_site(self.site, self.expose)
         self.cgroup = Cgroup.create(f"labkit-{self.root.name}", self.limits.memory, self.limits.processes)
+        self.egress = Egress.create(uid)
         self._timer = threading.Timer(self.limits.wall_time, self._expire)
         self._timer.daemon = True
         self._timer.start()
@@ -109,10 +116,14 @@ class Sandbox:
         """Kill everything the submission started, then remove its copy and give back its uid."""
         if self._timer:
             self._timer.cancel()
+        self._closed.set()
         self.kill_all()
         if self.cgroup:
             self.cgroup.remove()
             self.cgroup = None
+        if self.egress:
+            self.egress.remove()
+            self.egress = None
         if self.root:
             shutil.rmtree(self.root, ignore_errors=True)
             Guardian.get().forget_dir(self.root)
@@ -161,8 +172,11 @@ class Sandbox:
         keep = set(CONTRACT_VARS) | set(GRADER_VARS) | set(allowed)
         out = {k: v for k, v in env.items() if k in keep}
         if MARKER_VAR in out:  # the grader's results dir is invisible inside: write next door, copied back
-            private = self.markers / f"{len(self._markers)}-{Path(out[MARKER_VAR]).name}"
-            self._markers[str(private)] = Path(out[MARKER_VAR])
+            with self._marker_lock:
+                private = self.markers / f"{len(self._markers)}-{Path(out[MARKER_VAR]).name}"
+                self._markers[str(private)] = Path(out[MARKER_VAR])
+                if len(self._markers) == 1:
+                    threading.Thread(target=self._copy_markers, name="sandbox-markers", daemon=True).start()
             out[MARKER_VAR] = str(private)
         hook = [str(CRASHSITE)] if "LABKIT_CRASH" in out else []  # first: a learner's sitecustomize must not hide it
         out.update({
@@ -197,8 +211,11 @@ class Sandbox:
         if self.expired:
             raise SandboxError(f"the run's wall-time limit ({self.limits.wall_time:.0f} s) is over")
         cwd = cwd or self.workdir
-        proc = SandboxedProcess(self, self.command(argv, cwd), log, env=self.environment(env, allowed),
-                                cwd=self.workdir, log_limit=self.limits.log_size)
+        env = self.environment(env, allowed)
+        if self.egress:  # only where the contract points: the proxy, not the broker behind it
+            self.egress.allow(ports_in(env))
+        proc = SandboxedProcess(self, self.command(argv, cwd), log, env=env, cwd=self.workdir,
+                                log_limit=self.limits.log_size)
         self.procs.append(proc)
         return proc
 
@@ -222,21 +239,29 @@ class Sandbox:
         self.expired = True
         self.kill_all()
 
+    def _copy_markers(self) -> None:
+        """While the run lasts: a held service writes its marker long before it dies."""
+        while not self._closed.wait(0.02):
+            self.collect_markers()
+
     def collect_markers(self) -> None:
         """Copy crash markers the services wrote back to where the grader reads them - carefully:
         the file is the submission's (it could be a FIFO, a symlink or huge)."""
-        for private, public in self._markers.items():
-            try:
-                fd = os.open(private, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            except OSError:
-                continue
-            with os.fdopen(fd, "rb") as f:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
+        with self._marker_lock:
+            for private, public in self._markers.items():
+                try:
+                    fd = os.open(private, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except OSError:
                     continue
-                data = f.read(MARKER_MAX_BYTES)
-            tmp = public.with_name(public.name + ".labkit-tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, public)
+                with os.fdopen(fd, "rb") as f:
+                    info = os.fstat(fd)
+                    if not stat.S_ISREG(info.st_mode) or self._copied.get(private) == (info.st_size, info.st_mtime_ns):
+                        continue
+                    data = f.read(MARKER_MAX_BYTES)
+                tmp = public.with_name(public.name + ".labkit-tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, public)
+                self._copied[private] = (info.st_size, info.st_mtime_ns)
 
 
 class SandboxedProcess(ServerProcess):
@@ -284,20 +309,44 @@ class SandboxedProcess(ServerProcess):
         except psutil.NoSuchProcess:
             inside = []
         super().kill()
-        _, alive = psutil.wait_procs(inside, timeout=5)  # the kernel tears the namespace down asynchronously
-        for proc in alive:
+        deadline = time.monotonic() + 5  # the kernel tears the namespace down asynchronously
+        while (left := [p for p in inside if _running(p)]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for proc in left:
             try:
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
+        self._settle()
+
+    def alive(self) -> bool:
+        if self.popen.poll() is None:
+            return True
+        self._settle()
+        return False
+
+    def _settle(self) -> None:
+        """Once it exited: its crash marker where the grader looks (before anyone sees it dead), and
+        Popen's returncode as unsandboxed (bwrap reports death by signal N as 128+N; Popen says -N)."""
+        self.sandbox.collect_markers()
+        if self.popen.returncode is not None and self.popen.returncode > 128:
+            self.popen.returncode = -(self.popen.returncode - 128)
 
     def exit_code(self) -> int | None:
-        """As Popen's: bwrap reports a service killed by signal N as 128+N; -N here, as unsandboxed."""
-        code = self.popen.poll()
-        return -(code - 128) if code is not None and code > 128 else code
+        if self.popen.poll() is not None:
+            self._settle()
+        return self.popen.returncode
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+def _running(proc: psutil.Process) -> bool:
+    """Alive and not a zombie (a zombie's parent may be slow to reap it; it runs nothing)."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
 
 @functools.lru_cache(maxsize=1)
 def isolation_problem() -> str | None:

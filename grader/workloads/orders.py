@@ -8,7 +8,7 @@ import random
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -82,12 +82,18 @@ class Orders:
                 pace.wait(max(0.0, started + sent / rate - time.monotonic()))  # hold the rate
         return sent
 
-    def burst(self, count: int, **meta) -> list[tuple[OrderPlan, Reply]]:
-        """`count` orders at once (e.g. during a fault); no retries or cancels."""
+    def burst(self, count: int, then: Callable[[], None] | None = None, after: float = 1.5,
+              **meta) -> list[OrderPlan]:
+        """`count` orders at once (e.g. during a fault), no retries or cancels; `then` runs once all
+        were answered or `after` seconds passed, whichever is first (e.g. SIGKILL the API while
+        the requests are still in flight)."""
         plans = [OrderPlan(self.key(), self.body(), False, False, "") for _ in range(count)]
         with ThreadPoolExecutor(count) as pool:
-            replies = list(pool.map(lambda p: self.place(p.key, p.body, **meta), plans))
-        return list(zip(plans, replies))
+            futures = [pool.submit(self.place, p.key, p.body, **meta) for p in plans]
+            wait(futures, timeout=after)
+            if then is not None:
+                then()
+        return plans
 
     def retry_keys(self, requests: list[tuple[str, dict]], **meta) -> list[Reply]:
         """Send requests again with their keys (a client that never heard back, or did and retries)."""
@@ -102,13 +108,3 @@ def acknowledged_requests(history: History, count: int, rng: random.Random) -> l
             seen[op.invoke["key"]] = op.invoke.get("body")
     keys = sorted(seen)
     return [(k, seen[k]) for k in rng.sample(keys, min(count, len(keys)))]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    """True once `condition` holds, False after `timeout` (a bounded wait that never raises)."""
-    from ..wait import WaitTimeout, wait_until
-
-    try:
-        return bool(wait_until(condition, timeout, "condition", interval=0.1))
-    except WaitTimeout:
-        return False
