@@ -11,6 +11,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -21,6 +22,7 @@ from grader.lab import HttpSpec, ServiceSpec
 from grader.launch import Service, ServiceFailed
 from grader.sandbox import Limits, Sandbox, isolation_available
 from grader.sandbox.sandbox import CONTRACT_VARS
+from grader.stack.procs import free_port
 from grader.wait import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,3 +205,18 @@ def test_crash_markers_are_copied_back_but_never_a_fifo(sandbox_for, tmp_path):
     private.write_text('{"point": "consumer-ack"}')
     box.collect_markers()
     assert public.read_text() == '{"point": "consumer-ack"}'
+
+
+def test_only_the_given_ports_are_reachable(native_stack, run_env, sandbox_for, tmp_path):
+    """The contract names the fault proxy; the broker behind it (here: a port not given) is refused."""
+    box = sandbox_for(HOSTILE / "reaches_around_proxy")
+    if box.egress is None:
+        pytest.skip("no nftables here: the egress filter is off (documented in grader/sandbox/README.md)")
+    broker = urlsplit("//" + native_stack.url("kafka")).port
+    env = {**run_env.env(), "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}  # stands in for the proxy
+    service = start(box, HOSTILE / "reaches_around_proxy", env, tmp_path)
+    log = log_of(service)
+    assert "ATTACK SUCCEEDED" not in log, log
+    assert f"ATTACK FAILED: 127.0.0.1:{broker}:" in log
+    with psycopg.connect(env["DATABASE_URL"], connect_timeout=5):  # the grader's own view is untouched
+        pass
