@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	@command -v rabbitmq-server >/dev/null 2>&1 || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || \
 	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server; \
 	    else echo "note: rabbitmq-server not found (labs that need RabbitMQ): sudo apt-get install rabbitmq-server"; fi; }
+	@{ command -v bwrap && command -v nft; } >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap nftables; \
+	    else echo "note: bubblewrap/nftables not found (isolated grading, labkit grade): sudo apt-get install bubblewrap nftables"; fi; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
