@@ -24,8 +24,15 @@ def compose_config(*files: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60, cwd=COMPOSE_DIR)
 
 
+def lab_ci_overrides(path: Path) -> list[Path]:
+    """The CI override, plus the lab's own for its services (ci.lab-N.override.yaml) if it has one."""
+    own = COMPOSE_DIR / f"ci.{path.stem}.override.yaml"
+    return [CI_OVERRIDE] + ([own] if own.exists() else [])
+
+
 def test_every_compose_file_is_covered():
     covered = {p.name for p in LAB_FILES} | {"infra.yaml", CI_OVERRIDE.name}
+    covered |= {o.name for p in LAB_FILES for o in lab_ci_overrides(p)}
     assert {p.name for p in COMPOSE_DIR.glob("*.y*ml")} == covered
 
 
@@ -37,7 +44,7 @@ def test_base_file_validates():
 @pytest.mark.parametrize("path", LAB_FILES, ids=lambda p: p.name)
 @pytest.mark.parametrize("ci", [False, True], ids=["official-images", "ci-override"])
 def test_lab_file_validates(path: Path, ci: bool):
-    out = compose_config(path, *([CI_OVERRIDE] if ci else []))
+    out = compose_config(path, *(lab_ci_overrides(path) if ci else []))
     assert out.returncode == 0, out.stderr
 
 
