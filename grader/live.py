@@ -15,7 +15,7 @@ from rich.text import Text
 
 from .lab import Lab
 from .launch import ServiceFailed
-from .runner import Run, new_seed, prepare
+from .runner import LIVE_SPAN_DELAY_MS, Run, new_seed, prepare
 
 
 def view(run: Run, shown: dict[str, str], started: float) -> Group:
@@ -42,7 +42,8 @@ def run_live(lab: Lab, submission: Path, runtime: str, console: Console, rate: f
     with ExitStack() as resources:
         run = prepare(lab, submission, runtime, new_seed(),
                       out_dir or Path("results") / lab.id / "live", resources,
-                      say=lambda m: console.print(f"[dim]· {m}[/]"), learner=True)
+                      say=lambda m: console.print(f"[dim]· {m}[/]"), learner=True,
+                      span_delay_ms=LIVE_SPAN_DELAY_MS)
         console.print(f"stack ready ({run.stack.runtime}); starting {', '.join(run.services)} from {submission}")
         for service in run.services.values():
             service.start()

@@ -27,6 +27,7 @@ from .kafka import ensure_topics
 from .lab import Lab
 from .launch import Service, ServiceFailed, launch_services
 from .nemesis.proxy import TcpProxy
+from .otlp import OtlpReceiver
 from .report import RunReport
 from .scenario import fault_summary, judge
 from .stack import Namespace, Stack, StackError, make_stack
@@ -36,6 +37,10 @@ from .wait import WaitTimeout, wait_until
 from .workloads.http import HttpWorkload
 
 PROXIED = ("postgres", "redis", "rabbitmq")  # besides Kafka, whose broker must advertise the proxy
+# Graded runs: the services' span exporter waits longer than a run, so the spans of their last
+# life arrive only if a SIGTERM flushes them (the trace phase checks it). Live runs: at once.
+SPAN_DELAY_MS = 120_000
+LIVE_SPAN_DELAY_MS = 200
 
 
 def new_seed() -> int:
@@ -125,7 +130,8 @@ def _proxied_url(url: str, port: int) -> str:
 
 
 def prepare(lab: Lab, submission: Path, runtime: str, seed: int, out_dir: Path, resources: ExitStack,
-            say: Callable[[str], None] = lambda m: None, learner: bool = False, stack: Stack | None = None) -> Run:
+            say: Callable[[str], None] = lambda m: None, learner: bool = False, stack: Stack | None = None,
+            span_delay_ms: int = SPAN_DELAY_MS) -> Run:
     """Stack, proxies, namespace, topics and (not yet started) services; cleanup goes on `resources`.
     `learner`: a live run (`make lab-N`), where auto on Docker means Compose. `stack`: an already
     running stack to share (then the broker has no proxy: faults that need one are SKIP)."""
@@ -154,10 +160,16 @@ def prepare(lab: Lab, submission: Path, runtime: str, seed: int, out_dir: Path, 
             env[var] = _proxied_url(env[var], proxies[kind].port)
     if "kafka" in stack.servers and lab.topics:
         ensure_topics(env["KAFKA_BOOTSTRAP_SERVERS"], {ns.topic(t.name): t.partitions for t in lab.topics})
+    history = History()
+    receiver = OtlpReceiver(history).start()  # the services' spans go into the history
+    resources.callback(receiver.stop)
+    env.update(receiver.env(schedule_delay_ms=span_delay_ms))
     services = launch_services(lab.services, submission, env, out_dir / "logs")
     for service in services.values():
         resources.callback(service.stop)
-    run = Run(lab, submission, seed, stack, ns, services, out_dir, proxies, say=say)
+    run = Run(lab, submission, seed, stack, ns, services, out_dir, proxies, history=history, say=say)
+    history.record("note", "grader", message=f"seed {seed}", seed=seed, lab=lab.id, secret=run.secret,
+                   wall_t0_ns=time.time_ns() - int(history.elapsed() * 1e9))
     resources.callback(run.close)
     resources.callback(Supervisor(run).start().stop)  # stops first: services are then stopped for good
     return run
@@ -188,7 +200,6 @@ def grade(lab: Lab, submission: Path, runtime: str = "auto", seed: int | None = 
     with ExitStack() as resources:
         try:
             run = prepare(lab, submission, runtime, seed, out_dir, resources, say, stack=stack)
-            run.history.record("note", "grader", message=f"seed {seed}", seed=seed, lab=lab.id)
             importlib.import_module(lab.scenario).run(run)
         except ServiceFailed as e:
             failure = f"a service failed: {e}"

@@ -44,11 +44,14 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30) -> list[Message]:
         consumer.close()
 
 
-def inject_duplicates(bootstrap: str, topic: str, count: int, seed: int) -> list[tuple[int, int]]:
+def inject_duplicates(bootstrap: str, topic: str, count: int, seed: int,
+                      keys: set[str] | None = None) -> list[tuple[int, int]]:
     """Re-produce `count` randomly chosen records (seeded: the same seed picks the same records)
-    with the same key, value, headers and create timestamp to the same partition.
-    Returns the (partition, offset) of the originals, in the order they were copied."""
-    records = sorted(read_all(bootstrap, topic), key=lambda m: (m.partition(), m.offset()))
+    with the same key, value, headers and create timestamp to the same partition; only records with
+    one of `keys` if given. Returns the (partition, offset) of the originals, in the order copied."""
+    records = sorted((m for m in read_all(bootstrap, topic)
+                      if keys is None or (m.key() or b"").decode(errors="replace") in keys),
+                     key=lambda m: (m.partition(), m.offset()))
     chosen = random.Random(seed).sample(records, min(count, len(records)))
     producer = Producer({"bootstrap.servers": bootstrap, **QUIET})
     failed: list[str] = []
@@ -77,15 +80,15 @@ class Duplicates(Fault):
 
     kind = "duplicates"
 
-    def __init__(self, topic: str, count: int, seed: int) -> None:
+    def __init__(self, topic: str, count: int, seed: int, keys: set[str] | None = None) -> None:
         super().__init__(topic)
-        self.count, self.seed = count, seed
+        self.count, self.seed, self.keys = count, seed, keys
 
     def needs(self) -> list[Need]:
         return [Need("server", "kafka")]
 
     def inject(self, run: Target) -> None:
-        originals = inject_duplicates(run.stack.url("kafka"), self.target, self.count, self.seed)
+        originals = inject_duplicates(run.stack.url("kafka"), self.target, self.count, self.seed, self.keys)
         self.detail["originals"] = [list(po) for po in originals]  # [partition, offset], JSON-friendly
         self.effective = bool(originals)
 

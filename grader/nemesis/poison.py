@@ -1,6 +1,8 @@
 """Malformed records produced straight into a topic: a consumer must dead-letter them and go on."""
 from __future__ import annotations
 
+import random
+
 from confluent_kafka import Producer
 
 from ..kafka import QUIET
@@ -12,19 +14,24 @@ class Poison(Fault):
 
     kind = "poison"
 
-    def __init__(self, topic: str, bootstrap: str, records: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, topic: str, bootstrap: str, records: list[tuple[bytes, bytes]], seed: int = 0) -> None:
         super().__init__(topic)
         self.bootstrap, self.records = bootstrap, records
+        # each record carries a traceparent of the grader's: its processing span must say ERROR
+        rng = random.Random(seed ^ 0xBAD)
+        self.traces = [(f"{rng.getrandbits(128) or 1:032x}", f"{rng.getrandbits(64) or 1:016x}") for _ in records]
 
     def describe(self) -> str:
         return f"{len(self.records)} malformed records into {self.target}"
 
     def inject(self, run: Target) -> None:
         producer = Producer({"bootstrap.servers": self.bootstrap, **QUIET})
-        for key, value in self.records:
-            producer.produce(self.target, key=key, value=value)
+        for (key, value), (trace_id, span_id) in zip(self.records, self.traces):
+            producer.produce(self.target, key=key, value=value, headers=[("traceparent", f"00-{trace_id}-{span_id}-01")])
         self.effective = producer.flush(15) == 0
-        self.detail = {"count": len(self.records), "keys": [k.decode(errors="replace") for k, _ in self.records]}
+        self.detail = {"count": len(self.records), "keys": [k.decode(errors="replace") for k, _ in self.records],
+                       "traced": [{"key": k.decode(errors="replace"), "trace_id": t}
+                                  for (k, _), (t, _) in zip(self.records, self.traces)]}
 
     def heal(self, run: Target) -> None:
         """Nothing to undo: the records stay in the topic, as they would in production."""

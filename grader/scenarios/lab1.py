@@ -28,6 +28,7 @@ import uuid
 from ..checks.contract import check_api_contract
 from ..checks.orders import DOWNSTREAM, check_final_status, check_no_duplicate_effects, check_no_lost_orders
 from ..checks.poison import check_poison
+from ..checks.tracing import run_secret, trace_check
 from ..history import History
 from ..kafka import group_lag
 from ..nemesis import (CrashPoint, Cut, Delay, Duplicates, HoldThenKill, Kill, OneWayCut, ResetConnections,
@@ -39,6 +40,7 @@ from ..scenario import At, Check, Params, Phase, PhaseContext, Scenario, play
 from ..workloads.contract import probe_basics, probe_concurrent_key, probe_replay_after_restart
 from ..workloads.http import HttpWorkload
 from ..workloads.orders import Orders
+from ..workloads.tracing import trace_phase
 
 P = Params(orders=120, rate=30, concurrency=6, load_max_seconds=90, fallback_after=20.0, hold=7.0,
            cut_orders=4, delay_ms=1500, replays=5, duplicates=15,
@@ -100,7 +102,7 @@ def settle_and_observe(run: Run, ctx: PhaseContext) -> None:
 def poison(run: Run, ctx: PhaseContext) -> None:
     records = [(b"poison-1", b"this is not JSON"),
                (b"poison-2", json.dumps({"type": "OrderPlaced", "event_id": str(uuid.uuid4())}).encode())]
-    Poison(run.ns.topic("orders"), run.kafka, records).apply(run)
+    Poison(run.ns.topic("orders"), run.kafka, records, run.seed).apply(run)
     reply = orders(run).place(orders(run).key(), orders(run).body(), probe="after-poison")
     order_id = reply.body.get("order_id") if reply.ok and isinstance(reply.body, dict) else None
     read_model = run.services["read_model"]
@@ -109,6 +111,16 @@ def poison(run: Run, ctx: PhaseContext) -> None:
     observe_topic(run.history, "dead-letters", run.kafka, run.ns.topic("orders.dlq"), timeout=20)
     run.history.observe("after-poison", consumer="running" if read_model.alive() else
                         f"exited with code {read_model.exit_code()}", follow_up_applied=applied)
+
+
+def traces(run: Run, ctx: PhaseContext) -> None:
+    def place():
+        return orders(run).place(orders(run).key(), orders(run).body(), probe="trace")
+
+    trace_phase(run, place, lambda reply: (reply.body or {}).get("order_id"),
+                lambda order_id: run.wait_for_row("SELECT 1 FROM orders WHERE order_id = %s", (order_id,), timeout=0.5),
+                group_lag_is_zero(run.kafka, run.ns.group("read-model"), run.ns.topic("orders")),
+                run.ns.topic("orders"), stop=["order_api", "read_model"], consumer="read_model")
 
 
 def start(run: Run, ctx: PhaseContext) -> None:
@@ -124,7 +136,8 @@ SCENARIO = Scenario(
             Phase("load under consumer crashes and database faults", load, consumer_faults, P.load_max_seconds),
             Phase("API restarts, broker cuts, lost acknowledgements, duplicates", api_faults),
             Phase("quiesce and observe", settle_and_observe),
-            Phase("poison records", poison)],
+            Phase("poison records", poison),
+            Phase("traces: traced orders, a redelivery, SIGTERM flush", traces)],
     checks={
         "api-contract": Check(check_api_contract, needs=[(Delay.kind, "kafka"), (Kill.kind, "order_api")]),
         "no-lost-orders": Check(check_no_lost_orders, needs=[
@@ -134,6 +147,8 @@ SCENARIO = Scenario(
             (CrashPoint.kind, "read_model"), (OneWayCut.kind, "kafka"), (Duplicates.kind, None)]),
         "ordering": Check(check_final_status, needs=[(CrashPoint.kind, "read_model"), (Duplicates.kind, None)]),
         "poison-message": Check(check_poison, needs=[(Poison.kind, None)]),
+        "traces": Check(trace_check("order_api", "order_api", "read_model", run_secret),
+                        needs=[(Duplicates.kind, None), (Poison.kind, None)]),
     })
 
 
