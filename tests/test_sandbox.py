@@ -141,15 +141,19 @@ def test_a_double_forked_survivor_is_killed(run_env, sandbox_for, tmp_path):
     assert box.pids() == set()
 
 
-def test_a_flooded_log_is_capped_and_big_files_refused(run_env, sandbox_for, tmp_path):
+def test_a_flooded_log_is_capped_and_the_disk_bounded(run_env, sandbox_for, tmp_path):
     submission = HOSTILE / "floods_log"
     cap = 256 * 1024
-    service = start(sandbox_for(submission, log_size=cap, file_size=8 << 20), submission, run_env.env(), tmp_path)
+    box = sandbox_for(submission, log_size=cap, file_size=8 << 20, disk=64 << 20)
+    service = start(box, submission, run_env.env(), tmp_path)
     wait_until(lambda: "log truncated here" in log_of(service), 30, "the log cap")
     size = service.log.stat().st_size
     assert size < cap + 1024
     assert service.alive()  # the service keeps running; only its output is dropped
     assert "ATTACK FAILED: big file stopped after 8388608 bytes" in log_of(service)
+    if box.mounted:  # its folder is a tmpfs of 64 MiB: many small files hit that, not the host's disk
+        assert "ATTACK FAILED: many files stopped after" in log_of(service)
+        assert "No space left on device" in log_of(service)
     assert service.log_tail(3)  # read from the end
     service.stop()
     assert service.log.stat().st_size == size

@@ -56,6 +56,7 @@ class Limits:
     file_size: int = 64 << 20        # largest file it may write (RLIMIT_FSIZE)
     open_files: int = 4096           # per process (RLIMIT_NOFILE)
     log_size: int = 8 << 20          # bytes of log per service life; the rest is dropped
+    disk: int = 512 << 20            # its copy, HOME and markers together (a tmpfs of this size)
 
 
 class Sandbox:
@@ -77,6 +78,7 @@ class Sandbox:
         self.lease: UidLease | None = None
         self.cgroup: Cgroup | None = None
         self.egress: Egress | None = None
+        self.mounted = False  # root is a size-capped tmpfs
         self.procs: list[SandboxedProcess] = []
         self.expired = False  # the wall-time limit fired
         self._timer: threading.Timer | None = None
@@ -93,12 +95,25 @@ class Sandbox:
             raise SandboxError(reason)
         if not self.submission.is_dir():
             raise SandboxError(f"submission folder {self.submission} does not exist")
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _open(self) -> None:
         self.lease = UidLease()
         uid = self.lease.uid
         self.root = Path(tempfile.mkdtemp(prefix=f"labkit-sandbox-{self.label}-"))
         Guardian.get().watch_dir(self.root)
+        self.mounted = _mount_tmpfs(self.root, self.limits.disk)  # a full disk stays the run's problem
         os.chmod(self.root, 0o711)  # the uid may pass through to its own dirs, not list the others
-        _copy_untrusted(self.submission, self.workdir)
+        try:
+            _copy_untrusted(self.submission, self.workdir)
+        except (OSError, shutil.Error) as e:
+            raise SandboxError(f"cannot copy the submission into its sandbox (over {self.limits.disk >> 20} MiB?): "
+                               f"{str(e)[:300]}") from None
         (self.workdir / ".home").mkdir(exist_ok=True)
         self.markers.mkdir()
         _chown_tree(self.workdir, uid)
@@ -110,7 +125,6 @@ class Sandbox:
         self._timer = threading.Timer(self.limits.wall_time, self._expire)
         self._timer.daemon = True
         self._timer.start()
-        return self
 
     def close(self) -> None:
         """Kill everything the submission started, then remove its copy and give back its uid."""
@@ -125,6 +139,8 @@ class Sandbox:
             self.egress.remove()
             self.egress = None
         if self.root:
+            if self.mounted:
+                subprocess.run(["umount", "--lazy", str(self.root)], capture_output=True, timeout=30)
             shutil.rmtree(self.root, ignore_errors=True)
             Guardian.get().forget_dir(self.root)
             self.root = None
@@ -362,6 +378,13 @@ def isolation_problem() -> str | None:
     if probe.returncode != 0:
         return f"bubblewrap cannot create namespaces here: {probe.stderr.strip()[-300:]}"
     return None
+
+
+def _mount_tmpfs(path: Path, size: int) -> bool:
+    """A tmpfs of `size` bytes on `path` (root only; where mounting is refused, a plain dir stays)."""
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0711,nosuid,nodev", "labkit-sandbox",
+                          str(path)], capture_output=True, timeout=30)
+    return out.returncode == 0
 
 
 def _copy_untrusted(src: Path, dest: Path) -> None:
