@@ -214,7 +214,7 @@ def test_grade_writes_every_format_per_student_and_a_class_table(graded_class, l
         for file in ("junit.xml", "results.json", "classroom.json", "report.html", "meta.json", "worker.log"):
             assert (out / name / file).exists(), f"{name}/{file}"
     rows = (out / "class.csv").read_text().splitlines()
-    assert rows[0].startswith("student,score,max_score,passed," + ",".join(c.id for c in lab.checks))
+    assert rows[0].startswith("student,score,max_score,passed," + ",".join(c["id"] for c in reports["reference"]["checks"]))
     assert [r.split(",")[0] for r in rows[1:]] == ["broken", "mutant", "reference"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["students"]["mutant"]["failures"] and all(f["replay"] for f in summary["students"]["mutant"]["failures"])
