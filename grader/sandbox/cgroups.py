@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path("/sys/fs/cgroup")
 
@@ -53,6 +54,21 @@ class Cgroup:
         return cls(made, 1) if made else None
 
     @classmethod
+    def sweep(cls, prefix: str, in_use: "Callable[[str], bool]") -> None:
+        """Remove empty groups named `prefix...` that no live run claims (a grader that was killed
+        leaves its groups behind; their processes died with their PID namespace)."""
+        own = _own_paths()
+        version = 2 if (ROOT / "cgroup.controllers").exists() else 1
+        bases = [ROOT / own.get("", "/").lstrip("/")] if version == 2 else \
+            [ROOT / c / own.get(c, "/").lstrip("/") for c in ("pids", "memory") if (ROOT / c).is_dir()]
+        for base in bases:
+            for group in base.glob(prefix + "*"):
+                if group.is_dir() and not in_use(group.name):
+                    stale = cls([group], version)
+                    if not stale.pids():
+                        stale.remove()
+
+    @classmethod
     def _create_v2(cls, path: Path, memory_bytes: int, pids_max: int) -> "Cgroup | None":
         try:
             path.mkdir()
@@ -66,18 +82,33 @@ class Cgroup:
             return None
         return cls([path], 2)
 
+    def child(self, name: str) -> "Cgroup | None":
+        """A group inside this one (one per service life): the parent's limits still hold."""
+        made = []
+        try:
+            for d in self.dirs:
+                (d / name).mkdir()
+                made.append(d / name)
+        except OSError:
+            for path in made:
+                _rmdir(path)
+            return None
+        return Cgroup(made, self.version)
+
     @property
     def procs_files(self) -> list[Path]:
         """Write a PID into each of these to put it (and its future children) in the group."""
         return [d / "cgroup.procs" for d in self.dirs]
 
     def pids(self) -> set[int]:
+        """Every process in this group and the groups inside it."""
         found: set[int] = set()
-        for f in self.procs_files:
-            try:
-                found |= {int(p) for p in f.read_text().split()}
-            except OSError:
-                pass
+        for d in self.dirs:
+            for f in d.rglob("cgroup.procs"):
+                try:
+                    found |= {int(p) for p in f.read_text().split()}
+                except OSError:
+                    pass
         return found
 
     def kill(self, timeout: float = 10) -> bool:
@@ -113,6 +144,8 @@ class Cgroup:
     def remove(self) -> None:
         self.kill()
         for d in self.dirs:
+            for inner in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                _rmdir(inner)
             _rmdir(d)
 
 

@@ -120,6 +120,7 @@ class Sandbox:
         os.chown(self.markers, uid, uid)
         os.chmod(self.workdir, 0o700)
         _build_site(self.site, self.expose)
+        Cgroup.sweep("labkit-", lambda name: (self.root.parent / name.removeprefix("labkit-")).exists())
         self.cgroup = Cgroup.create(f"labkit-{self.root.name}", self.limits.memory, self.limits.processes)
         self.egress = Egress.create(uid)
         self._timer = threading.Timer(self.limits.wall_time, self._expire)
@@ -205,7 +206,7 @@ class Sandbox:
         })
         return out
 
-    def command(self, argv: list[str], cwd: Path) -> list[str]:
+    def command(self, argv: list[str], cwd: Path, cgroup: Cgroup | None = None) -> list[str]:
         """argv wrapped: into the cgroup, under rlimits, into the namespaces, down to the run's uid."""
         uid = self.uid
         limits = [f"--nproc={self.limits.processes}", f"--fsize={self.limits.file_size}",
@@ -217,9 +218,10 @@ class Sandbox:
                 "--", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
                 "--inh-caps=-all", "--bounding-set=-all", "--"]
         enter = []
-        if self.cgroup:  # join the cgroup before anything else runs, so every descendant is in it
+        cgroup = cgroup or self.cgroup
+        if cgroup:  # join the cgroup before anything else runs, so every descendant is in it
             enter = ["/bin/sh", "-c", 'while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift; exec "$@"',
-                     "labkit-enter", *map(str, self.cgroup.procs_files), "--"]
+                     "labkit-enter", *map(str, cgroup.procs_files), "--"]
         return [*enter, "prlimit", *limits, "--", *jail, *argv]
 
     def spawn(self, argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None,
@@ -230,7 +232,8 @@ class Sandbox:
         env = self.environment(env, allowed)
         if self.egress:  # only where the contract points: the proxy, not the broker behind it
             self.egress.allow(ports_in(env))
-        proc = SandboxedProcess(self, self.command(argv, cwd), log, env=env, cwd=self.workdir,
+        cgroup = self.cgroup.child(f"life-{len(self.procs)}") if self.cgroup else None
+        proc = SandboxedProcess(self, cgroup, self.command(argv, cwd, cgroup), log, env=env, cwd=self.workdir,
                                 log_limit=self.limits.log_size)
         self.procs.append(proc)
         return proc
@@ -287,8 +290,9 @@ class SandboxedProcess(ServerProcess):
     processes running as the run's uid and lets them shut down; `kill` is the usual SIGKILL to the
     group, which ends the namespace and everything in it."""
 
-    def __init__(self, sandbox: Sandbox, argv: list[str], log: Path, **kwargs) -> None:
+    def __init__(self, sandbox: Sandbox, cgroup: Cgroup | None, argv: list[str], log: Path, **kwargs) -> None:
         self.sandbox = sandbox
+        self.cgroup = cgroup  # this life's own group inside the run's: what kill() must empty
         super().__init__(argv, log, **kwargs)
 
     def _submission_procs(self) -> list[psutil.Process]:
@@ -325,14 +329,17 @@ class SandboxedProcess(ServerProcess):
         except psutil.NoSuchProcess:
             inside = []
         super().kill()
-        deadline = time.monotonic() + 5  # the kernel tears the namespace down asynchronously
-        while (left := [p for p in inside if _running(p)]) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        for proc in left:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+        if self.cgroup:  # the kernel tears the namespace down asynchronously: wait until the group is empty
+            self.cgroup.remove()
+        else:
+            deadline = time.monotonic() + 5
+            while (left := [p for p in inside if _running(p)]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for proc in left:
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    pass
         self._settle()
 
     def alive(self) -> bool:
