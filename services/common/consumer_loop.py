@@ -12,6 +12,9 @@ What every consuming service needs around its lesson:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
 import psycopg
 from confluent_kafka import KafkaError, Message
 from opentelemetry import trace
@@ -77,26 +80,46 @@ class ConsumerLoop:
     def process(self, msg: Message) -> None:
         """handle() in a span that continues the producer's trace, retrying a lost database
         connection with back-off (the same record: never skipped)."""
+        with self.span(msg):
+            self.with_db_retries(lambda: self.handle(msg))
+
+    def process_batch(self, msgs: list[Message]) -> None:
+        """Everything one poll() returned, in order. Override to handle a batch at once (e.g. in
+        one database transaction), keeping the order and storing offsets only after the commit."""
+        for msg in msgs:
+            self.process(msg)
+            if stopping.is_set():
+                break
+
+    @contextmanager
+    def span(self, msg: Message) -> Iterator[trace.Span]:
+        """A CONSUMER span for one record, child of the span whose context the producer put in its headers."""
         with self.tracer.start_as_current_span(f"process {msg.topic()}", context=extract_headers(msg.headers()),
                                                kind=trace.SpanKind.CONSUMER,
                                                attributes=messaging_attributes("process", msg.topic(), msg.key())) as span:
             span.set_attribute("messaging.kafka.offset", msg.offset())
             span.set_attribute("messaging.destination.partition.id", str(msg.partition()))
-            attempt = 0
-            while True:
-                attempt += 1
-                try:
-                    if self.conn is not None and self.conn.closed:
-                        self.conn = self.connect()
-                    return self.handle(msg)
-                except psycopg.OperationalError as e:
-                    if self.max_db_attempts is not None and attempt >= self.max_db_attempts:
-                        raise RuntimeError("database unavailable; exiting so the record is redelivered") from e
-                    self.log.warning("database error (attempt %d): %s; reconnecting", attempt, e)
-                    if self.conn is not None:
-                        self.conn.close()
-                    if stopping.wait(min(0.2 * attempt, 2)):  # back off; SIGTERM: leave it uncommitted
-                        return
+            yield span
+
+    def with_db_retries(self, work: Callable[[], None]) -> bool:
+        """Run `work`; on a lost database connection reconnect with back-off and run it again.
+        False if SIGTERM came while waiting (the work is then not done: leave it uncommitted)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if self.conn is not None and self.conn.closed:
+                    self.conn = self.connect()
+                work()
+                return True
+            except psycopg.OperationalError as e:
+                if self.max_db_attempts is not None and attempt >= self.max_db_attempts:
+                    raise RuntimeError("database unavailable; exiting so the record is redelivered") from e
+                self.log.warning("database error (attempt %d): %s; reconnecting", attempt, e)
+                if self.conn is not None:
+                    self.conn.close()
+                if stopping.wait(min(0.2 * attempt, 2)):  # back off
+                    return False
 
     def poll(self) -> list[Message]:
         msg = self.consumer.poll(0.5)
@@ -107,14 +130,15 @@ class ConsumerLoop:
         self.log.info("consuming %s", ", ".join(self.topics))
         try:
             while not stopping.is_set():
+                batch = []
                 for msg in self.poll():
                     if msg.error():
                         if msg.error().code() != KafkaError._PARTITION_EOF:
                             self.log.warning("consumer error: %s", msg.error())
                         continue
-                    self.process(msg)
-                    if stopping.is_set():
-                        break
+                    batch.append(msg)
+                if batch:
+                    self.process_batch(batch)
         finally:
             self.close()
 
