@@ -198,7 +198,7 @@ def recheck(results: Path = typer.Argument(..., help="a results folder written b
     except (OSError, ValueError) as e:
         fail(f"{results}: not a results folder of `labkit check` ({e})")
     report = report_from_history(_lab(meta["lab"]), history, meta["submission"], meta["seed"], meta["runtime"],
-                                 meta["started_at"], meta["duration"])
+                                 meta["started_at"], meta["duration"], meta.get("failure", ""))
     print_report(report, console)
     raise typer.Exit(0 if report.passed else 1)
 

@@ -214,15 +214,15 @@ def grade(lab: Lab, submission: Path, runtime: str = "auto", seed: int | None = 
                 if failure:
                     run.history.record("note", "grader", message=failure, failure=True)
                 run.history.dump_jsonl(out_dir / "history.jsonl")
+    (out_dir / "run.json").write_text(json.dumps({"lab": lab.id, "submission": str(submission), "seed": seed,
+                                                   "runtime": run.stack.runtime if run else runtime, "started_at": started,
+                                                   "duration": time.monotonic() - t0, "failure": failure}))
     history = History.load_jsonl(out_dir / "history.jsonl") if run is not None else History()
     report = report_from_history(lab, history, submission, seed, run.stack.runtime if run else runtime, started,
                                  time.monotonic() - t0, failure)
     if run is not None:
         report.logs = {name: s.log_tail() for name, s in run.services.items()}
         report.crashed = [name for name, s in run.services.items() if s.died_on_its_own]
-    (out_dir / "run.json").write_text(json.dumps({"lab": lab.id, "submission": str(submission), "seed": seed,
-                                                   "runtime": report.runtime, "started_at": started,
-                                                   "duration": report.duration}))
     return report
 
 

@@ -130,10 +130,26 @@ class Scenario:
     params: Params
     phases: list[Phase]
     checks: dict[str, Check]
+    observers: list[Callable[["Run", threading.Event], None]] = field(default_factory=list)  # sample until set
 
 
 def play(scenario: Scenario, run: "Run") -> None:
-    """Run each phase: its nemesis in the background, its workload step in the foreground."""
+    """Run each phase: its nemesis in the background, its workload step in the foreground; the
+    scenario's observers sample in the background for the whole play."""
+    done = threading.Event()
+    watchers = [threading.Thread(target=observer, args=(run, done), daemon=True, name=f"observer-{i}")
+                for i, observer in enumerate(scenario.observers)]
+    for w in watchers:
+        w.start()
+    try:
+        _play_phases(scenario, run)
+    finally:
+        done.set()
+        for w in watchers:
+            w.join(10)
+
+
+def _play_phases(scenario: Scenario, run: "Run") -> None:
     for phase in scenario.phases:
         run.say(phase.name)
         run.history.record("note", "grader", message=f"phase {phase.name}", phase=phase.name)
@@ -170,7 +186,11 @@ def judge(lab: "Lab", scenario: Scenario, history: History) -> list[CheckResult]
                                             "not verified: " + "; ".join(missing)))
             continue
         started = time.monotonic()
-        result = check.fn(history, **args)
+        try:
+            result = check.fn(history, **args)
+        except Exception as e:  # a checker bug must not take the other verdicts with it
+            result = CheckResult.error(args["id"], args["title"], spec.points,
+                                       f"the grader's checker failed ({type(e).__name__}: {e}); not your code")
         result.duration = time.monotonic() - started
         results.append(result)
     return results

@@ -160,3 +160,101 @@ def check_final_status(history: History, **args) -> CheckResult:
     expected = {o: ("cancelled" if o in cancelled else "placed")
                 for o in placed(history, before=observed_at(history)) if o in orders and o not in unsure}
     return check_final_state(expected=expected, observed={o: orders[o][2] for o in expected}, **args)
+
+
+# --- change events (lab 2): the topic as the grader read it ------------------------------------
+
+EVENTS = "events"  # observation: the records of the events topic (grader.observe.observe_topic)
+
+
+def _payloads(history: History) -> list[tuple[dict, dict]]:
+    """(record, parsed payload) of every observed event record whose value is a JSON object."""
+    import json
+
+    seen = history.last_observation(EVENTS) or {}
+    out = []
+    for r in seen.get("records", []):
+        try:
+            payload = json.loads(r.get("value") or "")
+        except ValueError:
+            continue
+        if isinstance(payload, dict):
+            out.append((r, payload))
+    return out
+
+
+def check_no_phantoms(history: History, prefix: str = "reject-", **args) -> CheckResult:
+    """Orders the database refused at COMMIT (grader/nemesis/database.py RejectCommits: every order
+    of a customer starting with `prefix`) must appear nowhere: not in the topic, not downstream,
+    and never be acknowledged."""
+    if (bad := unreadable(history, **args)) is not None:
+        return bad
+    refused = [op for op in history.ops("place") if isinstance(op.invoke.get("body"), dict)
+               and str(op.invoke["body"].get("customer_id", "")).startswith(prefix)]
+    if not refused:
+        return CheckResult.error(message="no order the database refuses was sent (the run did not get there)", **args)
+    orders, _ = downstream(history)
+    evidence = [f"request #{op.id} (customer {op.invoke['body']['customer_id']}) was answered {op.result.get('status')} "
+                f"although its transaction was refused at COMMIT" for op in refused if op.type == "ok"]
+    evidence += [f"event in {r.get('key')}@{r.get('partition')}:{r.get('offset')} for refused order {p.get('order_id')} "
+                 f"(customer {p.get('customer_id')}): published although its transaction rolled back"
+                 for r, p in _payloads(history) if str(p.get("customer_id", "")).startswith(prefix)]
+    evidence += [f"downstream order {o} of refused customer {c}" for o, (c, _, _) in orders.items()
+                 if str(c).startswith(prefix)]
+    if evidence:
+        return CheckResult.verdict(passed=False, message=f"{len(evidence)} trace(s) of orders whose transaction "
+                                   f"rolled back", evidence=evidence, **args)
+    return CheckResult.verdict(passed=True, message=f"none of {len(refused)} refused orders appears in the topic "
+                               f"or downstream, none was acknowledged", **args)
+
+
+def lost_around(*faults: tuple[str, str | None], before: float = 10.0):
+    """A checker: every order acknowledged from `before` seconds ahead of one of these faults
+    ((kind, target) pairs) until its end - in flight when it struck - is downstream."""
+    def check(history: History, **args) -> CheckResult:
+        if (bad := unreadable(history, **args)) is not None:
+            return bad
+        windows = [(f["start"] - before, f["end"], f.get("description") or f["fault"]) for f in fault_events(history)
+                   if f["effective"] and any(f["fault"] == k and (t is None or f["target"] == t) for k, t in faults)]
+        orders, _ = downstream(history)
+        acked = {o: (op, w) for o, op in placed(history, before=observed_at(history)).items()
+                 for w in windows if w[0] <= (op.t_complete or 0) <= w[1]}
+        missing = [f"{o}: {_detail(op)}; in flight during: {w[2]} (t={w[0] + before:.1f}s)"
+                   for o, (op, w) in sorted(acked.items()) if o not in orders]
+        if missing:
+            return CheckResult.verdict(passed=False, message=f"{len(missing)} of {len(acked)} orders acknowledged "
+                                       f"around the faults never arrived downstream", evidence=missing, **args)
+        return CheckResult.verdict(passed=True, message=f"all {len(acked)} orders acknowledged around "
+                                   f"{len(windows)} fault(s) arrived downstream", **args)
+    return check
+
+
+def check_aggregate_order(history: History, **args) -> CheckResult:
+    """Per order: all its events on one partition; new versions appear in order (a re-send may
+    repeat older ones after a crash, never introduce a version before its predecessor); and the
+    downstream status is the one the client was told last (check_final_status)."""
+    records = _payloads(history)
+    if not records:
+        return CheckResult.error(message="the events topic was never observed (the run did not get there)", **args)
+    partitions: dict[str, set] = defaultdict(set)
+    firsts: dict[str, list[tuple[int, int]]] = defaultdict(list)  # key -> (offset, version) of first sightings
+    seen_versions: dict[str, set] = defaultdict(set)
+    for r, p in sorted(records, key=lambda rp: (rp[0]["partition"], rp[0]["offset"])):
+        key, version = str(r.get("key")), p.get("version")
+        partitions[key].add(r["partition"])
+        if version not in seen_versions[key]:
+            seen_versions[key].add(version)
+            firsts[key].append((r["offset"], version))
+    evidence = [f"order {k}: events on partitions {sorted(v)} (one key must mean one partition)"
+                for k, v in sorted(partitions.items()) if len(v) > 1]
+    for key, seq in sorted(firsts.items()):
+        versions = [v for _, v in seq if isinstance(v, int)]
+        if versions != sorted(versions):
+            evidence.append(f"order {key}: versions first published in the order {versions} (offsets "
+                            f"{[o for o, _ in seq]}), not in commit order")
+    final = check_final_status(history, **args)
+    evidence += final.evidence if not final.passed else []
+    if evidence:
+        return CheckResult.verdict(passed=False, message=f"{len(evidence)} ordering problem(s)", evidence=evidence, **args)
+    return CheckResult.verdict(passed=True, message=f"{len(partitions)} orders: one partition each, versions in "
+                               f"commit order; {final.message}", **args)

@@ -1,6 +1,6 @@
 """The nemesis: faults as small reusable parts (see base.py for the shape every fault follows).
 
-Services:  Kill, CrashPoint, HoldThenKill, Pause                     (process.py)
+Services:  Kill, CrashPoint, HoldThenKill, Pause, Stall                    (process.py)
 Servers:   RestartServer                                             (servers.py)
 Network:   Cut, OneWayCut, Delay, ResetConnections (through a proxy) (network.py)
 Topics:    Duplicates                                                (duplicates.py)
@@ -8,8 +8,8 @@ Topics:    Duplicates                                                (duplicates
 from .base import Fault, Need, Target, fault_events, happened, why_not
 from .duplicates import Duplicates
 from .network import Cut, Delay, OneWayCut, ResetConnections
-from .process import CrashPoint, HoldThenKill, Kill, Pause
+from .process import CrashPoint, HoldThenKill, Kill, Pause, Stall
 from .servers import RestartServer
 
 __all__ = ["CrashPoint", "Cut", "Delay", "Duplicates", "Fault", "HoldThenKill", "Kill", "Need", "OneWayCut",
-           "Pause", "ResetConnections", "RestartServer", "Target", "fault_events", "happened", "why_not"]
+           "Pause", "ResetConnections", "RestartServer", "Stall", "Target", "fault_events", "happened", "why_not"]

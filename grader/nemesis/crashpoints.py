@@ -20,7 +20,8 @@ What each point counts (calls in one process; a restarted process counts from 1 
   first, so the broker has processed the ack before the process dies.
 - slot-advance: a psycopg 3 cursor execute (also Connection.execute; sync and async) whose SQL
   mentions pg_replication_slot_advance. "after" means the statement ran; in autocommit the slot
-  moved, inside a transaction it moves at that transaction's commit.
+  moved, inside a transaction it moves at that transaction's commit. Also a psycopg2 streaming
+  ReplicationCursor.send_feedback with a flush_lsn ("after": sent, perhaps not yet received).
 
 The hook is skipped by interpreters started with -I or -S, and by one that finds another
 sitecustomize earlier on its path (then put crash_env's PYTHONPATH first).
@@ -33,7 +34,7 @@ from pathlib import Path
 
 CRASHSITE = Path(__file__).resolve().parent / "crashsite"
 POINTS = ("consumer-ack", "producer-flush", "producer-produce", "db-commit", "amqp-ack", "slot-advance")
-WHENS = ("before", "after", "hold")
+WHENS = ("before", "after", "hold", "stall")
 
 
 def crash_env(point: str, when: str, nth: int, marker: str | Path) -> dict[str, str]:

@@ -263,6 +263,48 @@ class HoldThenKill(_ArmedKill):
                 f"{self.hold_seconds:g} s (its other threads running), then SIGKILL{self._fallback()}")
 
 
+class Stall(ServiceFault):
+    """Make the thread that reaches the service's Nth call of a client operation wait `seconds`
+    just before it, then let the call go ahead (its other threads running; nothing dies).
+
+    Probes code that assumes the order things start in is the order they finish in: a transaction
+    stalled before its commit while later ones commit around it (a relay polling the outbox by id
+    skips it for good; log-based CDC sees it in commit order).
+    """
+
+    kind = "stall"
+
+    def __init__(self, service: str, point: str, nth: int = 1, seconds: float = 3.0, within: float = 30.0) -> None:
+        super().__init__(service, restart=False)
+        if point not in POINTS:
+            raise ValueError(f"unknown crash point {point!r}; known: {', '.join(POINTS)}")
+        self.point, self.nth, self.seconds, self.within = point, nth, seconds, within
+
+    def inject(self, run: Target) -> None:
+        svc = self.service(run)
+        marker = (Path(run.out_dir) / f"stall-{self.target}-{self.id}.json").resolve()
+        env = {**crash_env(self.point, "stall", self.nth, marker), "LABKIT_STALL_SECONDS": str(self.seconds)}
+        svc.restart(env)  # arming is a restart (the hook reads its env at start)
+        self.detail.update(pid=svc.proc.pid, point=self.point, nth=self.nth)
+        if svc.spec.http:
+            svc.wait_healthy(HEALTHY_WITHIN)
+        try:  # bounded: a service that never makes the call is simply not stalled (not effective)
+            wait_until(lambda: crash_reached(marker), self.within, f"{self.target} at its stall point")
+            self.effective = True
+        except WaitTimeout:
+            self.detail["how"] = "never reached"
+
+    def hold(self, run: Target) -> None:
+        time.sleep(self.seconds)  # the stalled call is under way for this long
+
+    def heal(self, run: Target) -> None:
+        """Nothing to undo: the counter is past its Nth call, the service goes on as it is."""
+
+    def describe(self) -> str:
+        return (f"stall {self.target}'s thread {self.seconds:g} s just before its {POINT_WORDS[self.point]} "
+                f"#{self.nth}, then let it go on")
+
+
 class Pause(ServiceFault):
     """SIGSTOP the service's whole process group, SIGCONT it `seconds` later (applied on its own;
     as a context manager, for the caller's block).

@@ -36,3 +36,30 @@ def rows_stable(url: str, sql: str, seconds: float = 1.5) -> Callable[[], bool]:
         return time.monotonic() - state["since"] >= seconds
 
     return stable
+
+
+SLOTS_SQL = """SELECT slot_name, active, confirmed_flush_lsn::text, restart_lsn::text, pg_current_wal_lsn()::text,
+                      (pg_current_wal_lsn() - restart_lsn)::bigint, (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint
+               FROM pg_replication_slots WHERE database = current_database()"""
+
+
+def observe_slots(history: History, url: str) -> list[dict]:
+    """The run database's replication slots as the server reports them: LSNs, retained WAL bytes
+    (current - restart_lsn) and lag bytes (current - confirmed_flush_lsn)."""
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        rows = conn.execute(SLOTS_SQL).fetchall()
+    slots = [{"slot": n, "active": a, "confirmed_flush_lsn": c, "restart_lsn": r, "current_lsn": cur,
+              "retained_bytes": ret, "lag_bytes": lag} for n, a, c, r, cur, ret, lag in rows]
+    history.observe("slots", slots=slots)
+    return slots
+
+
+def slot_sampler(url_of: Callable[[object], str], every: float = 1.0):
+    """An observer (grader.scenario.Scenario.observers): the slots every `every` seconds."""
+    def sample(run, done) -> None:
+        while not done.wait(every):
+            try:
+                observe_slots(run.history, url_of(run))
+            except psycopg.Error:
+                pass  # the server is restarting: the next sample will tell
+    return sample

@@ -22,9 +22,6 @@ SIGKILL after a bound):
 """
 from __future__ import annotations
 
-import json
-import uuid
-
 from ..checks.contract import check_api_contract
 from ..checks.orders import DOWNSTREAM, check_final_status, check_no_duplicate_effects, check_no_lost_orders
 from ..checks.poison import check_poison
@@ -34,7 +31,8 @@ from ..kafka import group_lag
 from ..nemesis import (CrashPoint, Cut, Delay, Duplicates, HoldThenKill, Kill, OneWayCut, ResetConnections,
                        RestartServer)
 from ..nemesis.poison import Poison
-from ..observe import group_lag_is_zero, observe_rows, observe_topic, quiesce, rows_stable
+from ..workloads.poison import poison_phase
+from ..observe import group_lag_is_zero, observe_rows, quiesce, rows_stable
 from ..runner import Run
 from ..scenario import At, Check, Params, Phase, PhaseContext, Scenario, play
 from ..workloads.contract import probe_basics, probe_concurrent_key, probe_replay_after_restart
@@ -100,17 +98,12 @@ def settle_and_observe(run: Run, ctx: PhaseContext) -> None:
 
 
 def poison(run: Run, ctx: PhaseContext) -> None:
-    records = [(b"poison-1", b"this is not JSON"),
-               (b"poison-2", json.dumps({"type": "OrderPlaced", "event_id": str(uuid.uuid4())}).encode())]
-    Poison(run.ns.topic("orders"), run.kafka, records, run.seed).apply(run)
-    reply = orders(run).place(orders(run).key(), orders(run).body(), probe="after-poison")
-    order_id = reply.body.get("order_id") if reply.ok and isinstance(reply.body, dict) else None
-    read_model = run.services["read_model"]
-    applied = order_id is not None and run.wait_for_row(
-        "SELECT 1 FROM orders WHERE order_id = %s", (order_id,), alive=read_model.alive)
-    observe_topic(run.history, "dead-letters", run.kafka, run.ns.topic("orders.dlq"), timeout=20)
-    run.history.observe("after-poison", consumer="running" if read_model.alive() else
-                        f"exited with code {read_model.exit_code()}", follow_up_applied=applied)
+    def applied(reply) -> bool:
+        return run.wait_for_row("SELECT 1 FROM orders WHERE order_id = %s", (reply.body.get("order_id"),),
+                                alive=run.services["read_model"].alive)
+
+    poison_phase(run, run.ns.topic("orders"), run.ns.topic("orders.dlq"), "read_model",
+                 lambda: orders(run).place(orders(run).key(), orders(run).body(), probe="after-poison"), applied)
 
 
 def traces(run: Run, ctx: PhaseContext) -> None:

@@ -2,7 +2,8 @@
 
 Does nothing unless LABKIT_CRASH=<point>:<when>:<nth> is set; then counts the calls named by the
 point and, at the Nth, writes LABKIT_CRASH_MARKER and SIGKILLs this process, before or after the
-real call. when=hold: at the Nth call, before it, writes the marker and blocks the calling thread
+real call. when=stall: at the Nth call, before it, writes the marker and sleeps
+LABKIT_STALL_SECONDS, then makes the call (nothing dies). when=hold: at the Nth call, before it, writes the marker and blocks the calling thread
 forever (other threads - a client library's background commits - keep running; the grader kills
 the process). Chains to any other sitecustomize on the path so the service's environment is as usual.
 Never breaks the process: a missing library means that point simply never fires.
@@ -19,7 +20,7 @@ def _install(spec: str) -> None:
 
     point, when, nth = spec.split(":")
     nth = int(nth)
-    if when not in ("before", "after", "hold") or nth < 1:
+    if when not in ("before", "after", "hold", "stall") or nth < 1:
         raise ValueError(spec)
     calls = [0]
     lock = threading.Lock()
@@ -46,6 +47,10 @@ def _install(spec: str) -> None:
         if when == "hold":
             mark()
             threading.Event().wait()
+        if when == "stall":  # a slow moment, then the call goes ahead: nothing dies
+            mark()
+            time.sleep(float(os.environ.get("LABKIT_STALL_SECONDS", "3")))
+            return
         die()
 
     def wrap(fn, counts=None, settle=None):
@@ -57,7 +62,7 @@ def _install(spec: str) -> None:
             if fire and when != "after":
                 stop_here()
             result = fn(*args, **kwargs)
-            if fire:
+            if fire and when != "stall":
                 if settle is not None:
                     try:
                         settle(*args, **kwargs)
@@ -74,7 +79,7 @@ def _install(spec: str) -> None:
             if fire and when != "after":
                 stop_here()  # hold blocks the event loop's thread: the whole loop stops
             result = await fn(*args, **kwargs)
-            if fire:
+            if fire and when != "stall":
                 die()
             return result
         return wrapper
@@ -137,7 +142,8 @@ def _psycopg(wrap, awrap) -> None:
 
 def _slot_advance(wrap, awrap) -> None:
     """An execute (psycopg 3, sync or async, also via Connection.execute) whose SQL mentions
-    pg_replication_slot_advance: the relay's acknowledgement to PostgreSQL."""
+    pg_replication_slot_advance, or a psycopg2 replication feedback with a flush position: the
+    relay's acknowledgement to PostgreSQL."""
     try:
         import psycopg
     except ImportError:
@@ -149,6 +155,24 @@ def _slot_advance(wrap, awrap) -> None:
 
     psycopg.Cursor.execute = wrap(psycopg.Cursor.execute, advances)
     psycopg.AsyncCursor.execute = awrap(psycopg.AsyncCursor.execute, advances)
+    _replication_feedback(wrap)
+
+
+def _replication_feedback(wrap) -> None:
+    """The same acknowledgement over a streaming replication connection (psycopg2): a
+    send_feedback that confirms a flush position (keepalive replies without one do not count)."""
+    try:
+        import psycopg2.extras
+    except ImportError:
+        return
+
+    def confirms(cursor, *args, **kwargs) -> bool:
+        names = ("write_lsn", "flush_lsn", "apply_lsn", "reply", "force")
+        given = {**dict(zip(names, args)), **kwargs}
+        return bool(given.get("flush_lsn"))
+
+    cls = psycopg2.extras.ReplicationCursor  # a Python subclass of the C type: its attribute can be replaced
+    cls.send_feedback = wrap(cls.send_feedback, confirms)
 
 
 def _pika(wrap) -> None:

@@ -1,0 +1,161 @@
+"""Lab 2: transactional outbox and change data capture from PostgreSQL.
+
+Every gap between an effect and its acknowledgement in the reference design, and the fault that
+probes it (crash points fall back to a plain SIGKILL after a bound):
+
+  client -> order service   keys kept across a SIGKILL + restart (Kill, then acknowledged requests again);
+                            two requests with one key while PostgreSQL is slow (Delay) -> 409
+  order -> outbox           one transaction: the database refuses some orders at COMMIT
+                            (RejectCommits) - an event published for one of them is a phantom;
+                            a kill just after a commit, and a hold just before one (both odd: one
+                            lands between two transactions of a service that writes them apart)
+  outbox -> relay (log)     a transaction stalled before its commit while later ones commit
+                            (Stall): a relay polling the table by id skips it for good
+  relay -> Kafka -> slot    SIGKILL just after the producer's flush (acknowledged, slot not yet
+                            advanced) and just after the slot advance; a hold before the advance
+                            (HoldThenKill); a broker Cut (nothing may be advanced past the unsent)
+  PostgreSQL                restarted (-m immediate) mid-stream: the relay and projector reconnect
+  Kafka -> projector        SIGKILL just after its database commit; Duplicates injected
+"""
+from __future__ import annotations
+
+from ..checks.cdc import check_slot_hygiene
+from ..checks.contract import check_api_contract
+from ..checks.orders import (DOWNSTREAM, EVENTS, check_aggregate_order, check_no_duplicate_effects,
+                             check_no_lost_orders, check_no_phantoms, lost_around)
+from ..checks.tracing import run_secret, trace_check
+from ..nemesis import CrashPoint, Cut, Delay, Duplicates, HoldThenKill, Kill, RestartServer, Stall
+from ..nemesis.database import RejectCommits
+from ..nemesis.poison import Poison
+from ..observe import group_lag_is_zero, observe_rows, observe_topic, quiesce, rows_stable, slot_sampler
+from ..runner import Run
+from ..scenario import At, Check, Params, Phase, PhaseContext, Scenario, play
+from ..workloads.contract import probe_basics, probe_concurrent_key, probe_replay_after_restart
+from ..workloads.orders import Orders
+from ..workloads.poison import poison_phase
+from ..workloads.tracing import trace_phase
+
+P = Params(orders=120, rate=30, concurrency=6, load_max_seconds=100, fallback_after=20.0, hold=7.0, stall=3.0,
+           delay_ms=300, replays=5, rejects=4, duplicates=15, quiesce_timeout=60)
+REJECT = "reject-"  # customers whose orders the database refuses at COMMIT
+DOWNSTREAM_SQL = {"orders": "SELECT order_id, customer_id, amount_cents, status FROM read_model.orders",
+                  "totals": "SELECT customer_id, order_count, total_cents FROM read_model.customer_totals"}
+
+
+def orders(run: Run) -> Orders:
+    if "orders" not in run.state:
+        run.state["orders"] = Orders(run.client("order_service"), run.seed)
+    return run.state["orders"]
+
+
+def topic(run: Run) -> str:
+    return run.ns.topic("outbox.event.order")
+
+
+def settled(run: Run):
+    return group_lag_is_zero(run.kafka, run.ns.group("projector"), topic(run))
+
+
+def faults(run: Run) -> list[list[At]]:
+    """Two schedules, drawn from the seed: the relay's crashes; the service, database and projector."""
+    rng, fb = run.rng, P.fallback_after
+    relay = [At(CrashPoint("cdc_relay", "producer-flush", "after", rng.randrange(3, 10), fallback_after=fb), after_ok=10),
+             At(CrashPoint("cdc_relay", "slot-advance", "after", rng.randrange(3, 10), fallback_after=fb)),
+             At(HoldThenKill("cdc_relay", "slot-advance", rng.randrange(3, 10), hold=P.hold, fallback_after=fb))]
+    odd, odd2 = 2 * rng.randrange(10, 25) + 1, 2 * rng.randrange(10, 25) + 1
+    others = [At(Stall("order_service", "db-commit", odd, seconds=P.stall), after_ok=5),
+              At(CrashPoint("order_service", "db-commit", "after", odd, fallback_after=fb)),
+              At(HoldThenKill("order_service", "db-commit", odd2, hold=1.0, fallback_after=fb)),
+              At(CrashPoint("projector", "db-commit", "after", rng.randrange(9, 30), fallback_after=fb)),
+              At(RestartServer("postgres", down=1.0))]
+    return [relay, others]
+
+
+def start(run: Run, ctx: PhaseContext) -> None:
+    run.services["cdc_relay"].start()
+    run.services["projector"].start()
+    run.services["order_service"].start().wait_healthy()  # it creates the tables and the slot
+    RejectCommits(run.ns.database_url, "orders", "customer_id", REJECT).apply(run)
+    probe_basics(orders(run))
+    probe_concurrent_key(run, orders(run), Delay("postgres", P.delay_ms))
+    for n in range(P.rejects):
+        orders(run).place(orders(run).key(), {"customer_id": f"{REJECT}{n}", "amount_cents": 100 + n}, probe="reject")
+
+
+def load(run: Run, ctx: PhaseContext) -> None:
+    sent = orders(run).load(ctx, P.orders, P.rate, P.concurrency)
+    run.note(f"load: {sent} order plans played")
+    wal_mark(run)
+
+
+def wal_mark(run: Run) -> None:
+    """Where the WAL was once the last order was acknowledged: the slot must get past it."""
+    import psycopg
+
+    with psycopg.connect(run.ns.database_url, connect_timeout=10) as conn:
+        mark = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+    run.history.observe("wal-mark", lsn=mark, t=run.history.elapsed())
+
+
+def more_faults(run: Run, ctx: PhaseContext) -> None:
+    probe_replay_after_restart(run, orders(run), Kill("order_service"), P.replays)
+    with Cut("kafka").active(run) as cut:  # the relay must not advance past what Kafka did not take
+        if cut:
+            orders(run).burst(4, during="cut")
+    Duplicates(topic(run), P.duplicates, run.seed).apply(run)
+
+
+def settle_and_observe(run: Run, ctx: PhaseContext) -> None:
+    url = run.ns.database_url
+    quiesce(run.history, {"projector lag 0": settled(run),
+                          "downstream rows stable": rows_stable(url, "SELECT count(*) FROM read_model.orders")},
+            P.quiesce_timeout)
+    observe_rows(run.history, DOWNSTREAM, url, DOWNSTREAM_SQL)
+    observe_topic(run.history, EVENTS, run.kafka, topic(run))
+
+
+def poison(run: Run, ctx: PhaseContext) -> None:
+    def applied(reply) -> bool:
+        return run.wait_for_row("SELECT 1 FROM read_model.orders WHERE order_id = %s", (reply.body.get("order_id"),),
+                                alive=run.services["projector"].alive)
+
+    poison_phase(run, topic(run), f"{topic(run)}.dlq", "projector",
+                 lambda: orders(run).place(orders(run).key(), orders(run).body(), probe="after-poison"), applied)
+
+
+def traces(run: Run, ctx: PhaseContext) -> None:
+    trace_phase(run, lambda: orders(run).place(orders(run).key(), orders(run).body(), probe="trace"),
+                lambda reply: (reply.body or {}).get("order_id"),
+                lambda order_id: run.wait_for_row("SELECT 1 FROM read_model.orders WHERE order_id = %s", (order_id,),
+                                                  timeout=0.5),
+                settled(run), topic(run), stop=["order_service", "cdc_relay", "projector"], consumer="projector")
+
+
+RELAY_CRASHES = [(CrashPoint.kind, "cdc_relay"), (HoldThenKill.kind, "cdc_relay")]
+SCENARIO = Scenario(
+    params=P,
+    phases=[Phase("start, refuse some commits, probe the API contract", start),
+            Phase("load under relay, service, projector and database faults", load, faults, P.load_max_seconds),
+            Phase("API restart, broker cut, duplicates", more_faults),
+            Phase("quiesce and observe", settle_and_observe),
+            Phase("poison records", poison),
+            Phase("traces: traced orders, a redelivery, SIGTERM flush", traces)],
+    observers=[slot_sampler(lambda run: run.ns.database_url)],
+    checks={
+        "api-contract": Check(check_api_contract, needs=[(Delay.kind, "postgres"), (Kill.kind, "order_service")]),
+        "no-lost-events": Check(check_no_lost_orders, needs=[*RELAY_CRASHES, (Stall.kind, "order_service"),
+                                                             (CrashPoint.kind, "order_service")]),
+        "no-phantom-events": Check(check_no_phantoms, needs=[(RejectCommits.kind, "orders")]),
+        "no-duplicate-effects": Check(check_no_duplicate_effects, needs=[*RELAY_CRASHES, (CrashPoint.kind, "projector"),
+                                                                         (Duplicates.kind, None)]),
+        "per-aggregate-order": Check(check_aggregate_order, needs=RELAY_CRASHES),
+        "relay-crash-safety": Check(lost_around(*RELAY_CRASHES), needs=RELAY_CRASHES),
+        "database-restart": Check(lost_around((RestartServer.kind, "postgres")), needs=[(RestartServer.kind, "postgres")]),
+        "slot-hygiene": Check(check_slot_hygiene, needs=RELAY_CRASHES),
+        "traces": Check(trace_check("order_service", "cdc_relay", "projector", run_secret),
+                        needs=[(Duplicates.kind, None), (Poison.kind, None)]),
+    })
+
+
+def run(run: Run) -> None:
+    play(SCENARIO, run)
