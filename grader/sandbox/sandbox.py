@@ -287,7 +287,7 @@ class SandboxedProcess(ServerProcess):
     """A ServerProcess whose polite stop reaches the submission, not the sandbox around it.
 
     A SIGTERM to bwrap would kill its PID namespace at once (--die-with-parent), so `stop` signals the
-    processes running as the run's uid and lets them shut down; `kill` is the usual SIGKILL to the
+    processes running as the run's uid (`_ask`) and lets them shut down; `kill` is the usual SIGKILL to the
     group, which ends the namespace and everything in it."""
 
     def __init__(self, sandbox: Sandbox, cgroup: Cgroup | None, argv: list[str], log: Path, **kwargs) -> None:
@@ -309,18 +309,12 @@ class SandboxedProcess(ServerProcess):
                 pass
         return out
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
-        if self.alive():
-            for proc in self._submission_procs():
-                try:
-                    proc.send_signal(sig)
-                except psutil.NoSuchProcess:
-                    pass
+    def _ask(self, sig: int) -> None:
+        for proc in self._submission_procs():
             try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
+                proc.send_signal(sig)
+            except psutil.NoSuchProcess:
                 pass
-        self.kill()
 
     def kill(self) -> None:
         """SIGKILL the group; the PID namespace ends with it. Returns once all of it is gone."""

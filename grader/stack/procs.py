@@ -210,7 +210,7 @@ class ServerProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         """Ask politely with `sig`, then SIGKILL the whole group after `timeout`."""
         if self.alive():
-            self._signal_group(sig)
+            self._ask(sig)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -224,6 +224,10 @@ class ServerProcess:
             self._copier.join(10)  # EOF once every writer is gone
         self._log_file.close()
         Guardian.get().forget_pid(self.pid)
+
+    def _ask(self, sig: int) -> None:
+        """Deliver a polite signal (stop's first step)."""
+        self._signal_group(sig)
 
     def _signal_group(self, sig: int) -> None:
         try:

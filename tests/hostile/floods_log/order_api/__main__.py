@@ -6,28 +6,18 @@ from services.common.http import json_app, serve
 CHUNK = b"x" * (1 << 20)
 
 
-def big_file() -> None:
+def fill(what: str, files: int, chunks_per_file: int) -> None:
+    """Write `files` files of `chunks_per_file` MiB each; report how far it got."""
     written = 0
     try:
-        with open("huge.bin", "wb") as f:
-            for _ in range(1024):  # 1 GiB
-                f.write(CHUNK)
-                written += len(CHUNK)
-        print(f"ATTACK SUCCEEDED: wrote {written} bytes", flush=True)
+        for i in range(files):
+            with open(f"fill-{i}.bin", "wb") as f:
+                for _ in range(chunks_per_file):
+                    f.write(CHUNK)
+                    written += len(CHUNK)
+        print(f"ATTACK SUCCEEDED: {what}: wrote {written} bytes", flush=True)
     except OSError as e:
-        print(f"ATTACK FAILED: big file stopped after {written} bytes: {e}", flush=True)
-
-
-def many_files() -> None:
-    written = 0
-    try:
-        for i in range(1024):  # 1 GiB in 1 MiB files, each under any per-file cap
-            with open(f"part-{i}.bin", "wb") as f:
-                f.write(CHUNK)
-            written += len(CHUNK)
-        print(f"ATTACK SUCCEEDED: wrote {written} bytes in many files", flush=True)
-    except OSError as e:
-        print(f"ATTACK FAILED: many files stopped after {written} bytes: {e}", flush=True)
+        print(f"ATTACK FAILED: {what} stopped after {written} bytes: {e}", flush=True)
 
 
 def flood() -> None:
@@ -36,7 +26,7 @@ def flood() -> None:
         print(line, end="", flush=False)
 
 
-big_file()
-many_files()
+fill("big file", 1, 1024)      # 1 GiB in one file
+fill("many files", 1024, 1)    # 1 GiB in 1 MiB files, each under any per-file cap
 threading.Thread(target=flood, daemon=True).start()
 serve(json_app("floods-log"))
