@@ -6,9 +6,14 @@ PIDs, connections.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -224,3 +229,37 @@ def test_only_the_given_ports_are_reachable(native_stack, run_env, sandbox_for, 
     assert f"ATTACK FAILED: 127.0.0.1:{broker}:" in log
     with psycopg.connect(env["DATABASE_URL"], connect_timeout=5):  # the grader's own view is untouched
         pass
+
+
+def test_killing_the_grader_leaves_nothing_of_the_run(tmp_path):
+    """SIGKILL the grader while a survivor-forking submission runs: the guardian kills bwrap, the PID
+    namespace takes every process of the run with it, its folder goes; the next sandbox sweeps its cgroup."""
+    report = tmp_path / "started.json"
+    script = textwrap.dedent(f"""
+        import json, threading
+        from pathlib import Path
+        from grader.lab import HttpSpec, ServiceSpec
+        from grader.launch import Service
+        from grader.sandbox import Sandbox
+        from grader.wait import wait_until
+        box = Sandbox(Path({str(HOSTILE / "forks_survivor")!r})).open()
+        spec = ServiceSpec("order_api", ["python", "-m", "order_api"], http=HttpSpec())
+        service = Service(spec, box.submission, {{}}, Path({str(tmp_path)!r}), sandbox=box).start()
+        wait_until(lambda: "survivor running" in service.log.read_text(), 30, "the survivor")
+        open({str(report)!r}, "w").write(json.dumps({{"pids": sorted(box.pids()), "root": str(box.root),
+                                                      "cgroup": [str(d) for d in box.cgroup.dirs] if box.cgroup else []}}))
+        threading.Event().wait()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    try:
+        started = wait_until(lambda: report.exists() and json.loads(report.read_text() or "null"), 60, "the run")
+        assert len(started["pids"]) >= 4
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        wait_until(lambda: all(gone(pid) for pid in started["pids"]), 30, "every process of the run killed")
+        wait_until(lambda: not os.path.exists(started["root"]), 30, "its folder (a tmpfs) unmounted and removed")
+        Sandbox(HOSTILE / "hangs").open().close()  # the next run sweeps the dead run's cgroups
+        assert not any(Path(d).exists() for d in started["cgroup"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()

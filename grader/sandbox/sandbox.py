@@ -108,6 +108,8 @@ class Sandbox:
         self.root = Path(tempfile.mkdtemp(prefix=f"labkit-sandbox-{self.label}-"))
         Guardian.get().watch_dir(self.root)
         self.mounted = _mount_tmpfs(self.root, self.limits.disk)  # a full disk stays the run's problem
+        if self.mounted:
+            Guardian.get().watch_mount(self.root)
         os.chmod(self.root, 0o711)  # the uid may pass through to its own dirs, not list the others
         try:
             _copy_untrusted(self.submission, self.workdir)
@@ -142,6 +144,7 @@ class Sandbox:
         if self.root:
             if self.mounted:
                 subprocess.run(["umount", "--lazy", str(self.root)], capture_output=True, timeout=30)
+                Guardian.get().forget_mount(self.root)
             shutil.rmtree(self.root, ignore_errors=True)
             Guardian.get().forget_dir(self.root)
             self.root = None

@@ -58,6 +58,12 @@ class Guardian:
     def forget_dir(self, path: str | Path) -> None:
         self._say(f"-dir {path}")
 
+    def watch_mount(self, path: str | Path) -> None:
+        self._say(f"+mnt {path}")
+
+    def forget_mount(self, path: str | Path) -> None:
+        self._say(f"-mnt {path}")
+
     def watch_container(self, container_id: str) -> None:
         self._say(f"+ctr {container_id}")
 
