@@ -7,6 +7,7 @@ import pika
 import psycopg
 import pytest
 import redis
+from psycopg.conninfo import conninfo_to_dict
 
 from grader.stack.credentials import with_credentials
 
@@ -144,3 +145,11 @@ def test_drop_removes_the_run_s_users(native_stack):
         redis.Redis.from_url(env["REDIS_URL"], socket_timeout=5).ping()
     with pytest.raises(pika.exceptions.AMQPError):
         amqp(env["AMQP_URL"]).close()
+
+
+def test_credentials_are_quoted_into_urls():
+    url = with_credentials("postgresql://postgres@127.0.0.1:5432/postgres", "run_1", "p@ss:w/rd", path="/run_1")
+    parts = urlsplit(url)
+    assert (parts.hostname, parts.port, parts.path) == ("127.0.0.1", 5432, "/run_1")
+    assert parts.username == "run_1" and parts.password == "p%40ss%3Aw%2Frd"
+    assert conninfo_to_dict(url)["password"] == "p@ss:w/rd"  # what libpq makes of it

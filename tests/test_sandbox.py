@@ -26,6 +26,7 @@ import pytest
 from grader.lab import HttpSpec, ServiceSpec
 from grader.launch import Service, ServiceFailed
 from grader.sandbox import Limits, Sandbox, isolation_available
+from grader.sandbox.firewall import ports_in
 from grader.sandbox.sandbox import CONTRACT_VARS
 from grader.stack.procs import free_port
 from grader.wait import wait_until
@@ -263,3 +264,10 @@ def test_killing_the_grader_leaves_nothing_of_the_run(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_egress_allow_list_comes_from_the_contract():
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9101,localhost:9102", "DATABASE_URL": "postgresql://a:b@127.0.0.1:5501/a",
+           "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "PORT": "8123", "LAB_NAMESPACE": "lab1_abc123",
+           "REDIS_URL": "redis://a:b@10.0.0.5:6379/0"}  # not loopback: never allowed
+    assert ports_in(env) == {9101, 9102, 5501, 4318, 8123}
