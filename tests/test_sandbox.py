@@ -271,3 +271,19 @@ def test_the_egress_allow_list_comes_from_the_contract():
            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "PORT": "8123", "LAB_NAMESPACE": "lab1_abc123",
            "REDIS_URL": "redis://a:b@10.0.0.5:6379/0"}  # not loopback: never allowed
     assert ports_in(env) == {9101, 9102, 5501, 4318, 8123}
+
+
+def test_processes_and_memory_are_bounded(run_env, sandbox_for, tmp_path):
+    submission = HOSTILE / "exhausts_resources"
+    box = sandbox_for(submission, processes=64, memory=256 << 20)
+    service = start(box, submission, run_env.env(), tmp_path, healthy=False)
+    wait_until(lambda: not service.alive(), 60, "the hostile service to hit its limits")
+    log = log_of(service)
+    assert "ATTACK SUCCEEDED" not in log and "ATTACK FAILED: fork bomb stopped after" in log, log[-2000:]
+    forked = int(log.split("fork bomb stopped after ")[1].split()[0])
+    assert forked < 64
+    held = [int(line.split()[1]) for line in log.splitlines() if line.startswith("holding ")]
+    # OOM-killed by its cgroup at the limit; without a cgroup, RLIMIT_AS (4x, virtual) gives a MemoryError
+    assert max(held, default=0) <= (256 if box.cgroup else 1024)
+    assert service.exit_code() in (-9, 4), log[-2000:]
+    assert box.pids() == set()
