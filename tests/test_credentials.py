@@ -153,3 +153,11 @@ def test_credentials_are_quoted_into_urls():
     assert (parts.hostname, parts.port, parts.path) == ("127.0.0.1", 5432, "/run_1")
     assert parts.username == "run_1" and parts.password == "p%40ss%3Aw%2Frd"
     assert conninfo_to_dict(url)["password"] == "p@ss:w/rd"  # what libpq makes of it
+
+
+def test_a_run_cannot_hold_locks_forever(two_runs):
+    a, _ = two_runs
+    with psycopg.connect(a.env()["DATABASE_URL"], connect_timeout=5) as conn:
+        settings = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN "
+                                     "('statement_timeout', 'idle_in_transaction_session_timeout')").fetchall())
+    assert settings == {"statement_timeout": "60000", "idle_in_transaction_session_timeout": "60000"}

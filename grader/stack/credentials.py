@@ -8,7 +8,8 @@ the `<namespace>.` prefix (see grader/sandbox/README.md, "What stays reachable")
 What each service may do with its own credentials:
 - PostgreSQL: a LOGIN role with a scram password, owner of a database of the same name (so it can
   create tables and publications there), REPLICATION so CDC labs can create logical slots (only in a
-  database it may connect to: CONNECT is revoked from PUBLIC), at most 64 connections. pg_hba lets a
+  database it may connect to: CONNECT is revoked from PUBLIC), at most 64 connections, statements
+  and idle transactions of at most 60 s (so a held lock cannot hang the grader's reads). pg_hba lets a
   role into its own database only (`sameuser`), and admits no replication-protocol connections.
 - Redis: keys and pub/sub channels matching `<namespace>:*`; every command except @dangerous ones
   (FLUSHALL, KEYS, CONFIG, DEBUG, CLIENT KILL, MONITOR, ...). Lua scripts, SET NX PX, WATCH/MULTI
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from .base import Server
 
 POSTGRES_CONNECTION_LIMIT = 64
+# A run cannot hold locks forever (LOCK TABLE and sleep, or a transaction left open): the grader's
+# own reads would wait behind it. Generous for a lab, short for a hang.
+POSTGRES_ROLE_SETTINGS = {"statement_timeout": "60s", "idle_in_transaction_session_timeout": "60s"}
 # Commands a run's Redis user may not call: @dangerous covers FLUSHALL/FLUSHDB, KEYS, CONFIG,
 # DEBUG, SHUTDOWN, CLIENT, MONITOR, ACL, SWAPDB, MIGRATE, ...
 REDIS_RULES = ("+@all", "-@dangerous")
@@ -68,6 +72,9 @@ def provision_postgres(admin_url: str, name: str, password: str) -> str:
             verb = "ALTER" if exists else "CREATE"
             conn.execute(sql.SQL(verb + " ROLE {} LOGIN REPLICATION CONNECTION LIMIT {} PASSWORD {}").format(
                 role, sql.Literal(POSTGRES_CONNECTION_LIMIT), sql.Literal(password)))
+            for setting, value in POSTGRES_ROLE_SETTINGS.items():
+                conn.execute(sql.SQL("ALTER ROLE {} SET {} = {}").format(role, sql.Identifier(setting),
+                                                                         sql.Literal(value)))
             owned = True
         except psycopg.errors.InsufficientPrivilege:  # an external server given without superuser
             owned = False
