@@ -51,8 +51,14 @@ def test_postgres_role_works_in_its_own_database(two_runs):
         conn.execute("CREATE TABLE orders (id int primary key)")
         conn.execute("INSERT INTO orders VALUES (1)")
         conn.execute("CREATE PUBLICATION orders_pub FOR TABLE orders")
-        conn.execute("SELECT pg_create_logical_replication_slot('own_slot', 'pgoutput')")  # CDC labs
-        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 1
+        conn.execute("SELECT pg_create_logical_replication_slot('own_slot', 'pgoutput')")  # CDC labs (lab 2)
+        conn.execute("INSERT INTO orders VALUES (2)")
+        conn.execute("SELECT pg_logical_emit_message(true, 'heartbeat', '')")
+        changes = conn.execute("SELECT count(*) FROM pg_logical_slot_peek_binary_changes('own_slot', NULL, NULL, "
+                               "'proto_version', '1', 'publication_names', 'orders_pub')").fetchone()[0]
+        assert changes > 0
+        conn.execute("SELECT pg_replication_slot_advance('own_slot', pg_current_wal_lsn())")
+        assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == 2
         assert not conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
 
 
