@@ -39,12 +39,15 @@ class Params(dict):
 @dataclass
 class At:
     """A fault and when it fires: once `after_ok` operations named `f` completed ok since the phase
-    began, and at least `after_s` seconds into the phase (both bounds; whichever comes last)."""
+    began, at least `after_s` seconds into the phase, and once `ready(run)` holds (e.g. "the
+    consumer is processing again"; bounded by `ready_within` seconds, then it fires anyway)."""
 
     fault: Fault
     after_ok: int = 0
     after_s: float = 0.0
     f: str | None = None
+    ready: Callable[["Run"], bool] | None = None
+    ready_within: float = 30.0
 
 
 class Nemesis:
@@ -71,6 +74,18 @@ class Nemesis:
         return (time.monotonic() - self._t0 >= step.after_s and
                 (step.after_ok <= 0 or self._ok_ops(step.f) >= step.after_ok))
 
+    def _ready(self, step: At) -> None:
+        if step.ready is None:
+            return
+        deadline = time.monotonic() + step.ready_within
+        while time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                if step.ready(self.run):
+                    return
+            except Exception:  # not ready yet (a server restarting, a table not there)
+                pass
+            self._stop.wait(0.2)
+
     def _play(self, steps: list[At]) -> None:
         for step, nxt in zip(steps, steps[1:]):  # lets a restarting fault prepare the next one (pre-arming)
             step.fault.successor = nxt.fault
@@ -79,6 +94,9 @@ class Nemesis:
                 while not self._due(step):
                     if self._stop.wait(0.05):
                         return
+                self._ready(step)
+                if self._stop.is_set():
+                    return
                 step.fault.apply(self.run)
         except BaseException as e:  # surfaced by finish(): the run must not hang on a nemesis bug
             self.errors.append(e)

@@ -67,15 +67,19 @@ def _detail(op: Op) -> str:
 
 
 def fault_after(history: History, t: float | None) -> str:
-    """The first fault that bit after time t (or overlapped it): the likely exposer of a loss."""
+    """A fault under way at time t, else the first that bit after it: the likely exposer."""
     if t is None:
         return ""
-    for f in sorted(fault_events(history), key=lambda f: f["start"] or 0):
-        if f["effective"] and f["end"] is not None and f["end"] >= t:
-            how = (f.get("detail") or {}).get("how")
-            return (f"; first fault after it: {f.get('description') or f['fault'] + ' ' + str(f['target'])}"
-                    f"{f' ({how})' if how else ''} at t={f['start']:.1f}s")
-    return "; no fault after it"
+    bit = sorted((f for f in fault_events(history) if f["effective"] and f["end"] is not None and f["end"] >= t),
+                 key=lambda f: f["start"] or 0)
+    after = [f for f in bit if (f["start"] or 0) <= t] or bit
+    if not after:
+        return "; no fault after it"
+    f = after[0]
+    how = (f.get("detail") or {}).get("how")
+    when = "first fault after it" if (f["start"] or 0) >= t else "under way then"
+    return (f"; {when}: {f.get('description') or f['fault'] + ' ' + str(f['target'])}"
+            f"{f' ({how})' if how else ''} at t={f['start']:.1f}s")
 
 
 def check_no_lost_orders(history: History, **args) -> CheckResult:

@@ -119,9 +119,14 @@ class _ArmedKill(ServiceFault):
     def marker(self, run: Target) -> Path:
         return (Path(run.out_dir) / f"crash-{self.target}-{self.id}.json").resolve()
 
+    after_s = 0.0  # count only calls made this long after the process started
+
     def arm_env(self, run: Target) -> dict[str, str]:
         """The env that arms a life of the service for this fault (also used to pre-arm it)."""
-        return crash_env(self.point, self.when, self.nth, self.marker(run))
+        env = crash_env(self.point, self.when, self.nth, self.marker(run))
+        if self.after_s:
+            env["LABKIT_CRASH_AFTER_S"] = str(self.after_s)
+        return env
 
     def armed(self, run: Target) -> bool:
         """Is the running life already armed for this fault (started so by its predecessor)?"""
@@ -244,10 +249,11 @@ class HoldThenKill(_ArmedKill):
     when = "hold"
 
     def __init__(self, service: str, point: str, nth: int = 1, hold: float = 7.0,
-                 fallback_after: float = 30.0, restart: bool = True) -> None:
-        super().__init__(service, point, nth, fallback_after, restart)
+                 fallback_after: float = 30.0, restart: bool = True, after_s: float = 0.0) -> None:
+        super().__init__(service, point, nth, fallback_after + after_s, restart)
         self.hold_seconds = hold
-        self._bound = fallback_after + hold
+        self.after_s = after_s  # e.g. past the replay after a restart: hold on fresh work
+        self._bound = fallback_after + after_s + hold
 
     def _reached(self, svc: "Service", proc: "ServerProcess", reached: dict) -> None:
         # held since the marker was written: wait out the rest of the hold, then kill
@@ -259,7 +265,8 @@ class HoldThenKill(_ArmedKill):
             self.detail.update(how="exited-while-held", exit_code=proc.popen.returncode)
 
     def describe(self) -> str:
-        return (f"hold {self.target} just before its {self._point()}{self._pid()} for "
+        since = f" (counting from {self.after_s:g} s after its start)" if self.after_s else ""
+        return (f"hold {self.target} just before its {self._point()}{since}{self._pid()} for "
                 f"{self.hold_seconds:g} s (its other threads running), then SIGKILL{self._fallback()}")
 
 

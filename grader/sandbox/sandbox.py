@@ -216,8 +216,11 @@ class Sandbox:
                   f"--nofile={self.limits.open_files}", "--core=0"]
         if self.cgroup is None:  # no memory cgroup: a per-process address-space cap is the fallback
             limits.append(f"--as={self.limits.memory * 4}")  # virtual, generous: threads reserve a lot
+        # No --die-with-parent: its PR_SET_PDEATHSIG fires when the grader *thread* that started bwrap
+        # ends (a fault's watcher thread restarting a service), killing a healthy service. The process
+        # group (our kill, the guardian's) and the cgroup end the namespace instead.
         jail = ["bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-                "--die-with-parent", "--hostname", "labkit-sandbox", *_mounts(self), "--chdir", str(cwd),
+                "--hostname", "labkit-sandbox", *_mounts(self), "--chdir", str(cwd),
                 "--", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
                 "--inh-caps=-all", "--bounding-set=-all", "--"]
         enter = []
@@ -289,8 +292,8 @@ class Sandbox:
 class SandboxedProcess(ServerProcess):
     """A ServerProcess whose polite stop reaches the submission, not the sandbox around it.
 
-    A SIGTERM to bwrap would kill its PID namespace at once (--die-with-parent), so `stop` signals the
-    processes running as the run's uid (`_ask`) and lets them shut down; `kill` is the usual SIGKILL to the
+    bwrap does not forward signals, so `stop` signals the processes running as the run's uid (`_ask`)
+    and lets them shut down; `kill` is the usual SIGKILL to the
     group, which ends the namespace and everything in it."""
 
     def __init__(self, sandbox: Sandbox, cgroup: Cgroup | None, argv: list[str], log: Path, **kwargs) -> None:
@@ -377,7 +380,7 @@ def isolation_problem() -> str | None:
     missing = [tool for tool in ("bwrap", "setpriv", "prlimit") if shutil.which(tool) is None]
     if missing:
         return f"{', '.join(missing)} not found: apt-get install bubblewrap util-linux"
-    probe = subprocess.run(["bwrap", "--unshare-pid", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc",
+    probe = subprocess.run(["bwrap", "--unshare-pid", "--ro-bind", "/", "/", "--proc", "/proc",
                             "--dev", "/dev", "--", "true"], capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
         return f"bubblewrap cannot create namespaces here: {probe.stderr.strip()[-300:]}"

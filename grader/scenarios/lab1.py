@@ -10,17 +10,19 @@ SIGKILL after a bound):
                            lost acknowledgement: OneWayCut (stored, the producer never hears back),
                            then the client retries with its keys -> one order per key
                            two requests with one key in flight: Delay on the broker path -> 409
-  broker -> consumer       offset committed before the effects: CrashPoint after consumer-ack
-                           auto-commit in the background: HoldThenKill before a db-commit (held
-                           past librdkafka's 5 s auto-commit interval, then SIGKILL)
-  consumer -> database     effects in two transactions: CrashPoint after db-commit, at an odd and
-                           an even commit (one lands between the two); redelivery after the effect
-                           but before the offset: the same; PostgreSQL restarted (-m immediate) and
-                           its connections reset under load: retry, don't skip or dead-letter
+  broker -> consumer       offset committed before the effects (commit-first, or auto-commit in the
+                           background): HoldThenKill before a db-commit on fresh work (held past
+                           librdkafka's 5 s auto-commit interval, then SIGKILL)
+  consumer -> database     effects in two transactions: CrashPoint after db-commit k and k+1 (one
+                           lands between the two); redelivery after the effect but before the
+                           offset: the same; PostgreSQL restarted (-m immediate) and its
+                           connections reset while records flow: retry, don't skip or dead-letter
   broker (redelivery)      Duplicates of existing records injected into the topic
   malformed input          Poison records: dead-lettered, the consumer goes on
 """
 from __future__ import annotations
+
+import psycopg
 
 from ..checks.contract import check_api_contract
 from ..checks.orders import DOWNSTREAM, check_final_status, check_no_duplicate_effects, check_no_lost_orders
@@ -41,7 +43,7 @@ from ..workloads.orders import Orders
 from ..workloads.tracing import trace_phase
 
 P = Params(orders=120, rate=30, concurrency=6, load_max_seconds=90, fallback_after=20.0, hold=7.0,
-           cut_orders=4, delay_ms=1500, replays=5, duplicates=15,
+           cut_orders=4, oneway_wait=12.0, delay_ms=1500, replays=5, duplicates=15,
            quiesce_timeout=60)
 DOWNSTREAM_SQL = {"orders": "SELECT order_id, customer_id, amount_cents, status FROM orders",
                   "totals": "SELECT customer_id, order_count, total_cents FROM customer_totals"}
@@ -55,16 +57,36 @@ def orders(run: Run) -> Orders:
 
 
 def consumer_faults(run: Run) -> list[list[At]]:
-    """The read model's crash schedule (one schedule), drawn from the run's seed (printed with it)."""
-    # "after commit #k" and "before commit #m" (= after #m-1) with k and m both odd: whatever the
-    # parity of a two-transaction consumer's commits, one of the kills lands between its two.
-    odd, odd2 = 2 * run.rng.randrange(4, 12) + 1, 2 * run.rng.randrange(4, 12) + 1
-    rm = "read_model"
-    return [[At(CrashPoint(rm, "consumer-ack", "after", run.rng.randrange(6, 20), fallback_after=P.fallback_after), after_ok=8),
-            At(CrashPoint(rm, "db-commit", "after", odd, fallback_after=P.fallback_after)),
-            At(HoldThenKill(rm, "db-commit", odd2, hold=P.hold, fallback_after=P.fallback_after)),
-            At(ResetConnections("postgres"), after_s=1),
-            At(RestartServer("postgres", down=1.0))]]
+    """The read model's crash schedule (one schedule), drawn from the run's seed (printed with it).
+
+    SIGKILL just after its k-th and its (k+1)-th database commit: whatever the parity of a consumer
+    that commits one record in two transactions, one kill lands between them (and, for a correct
+    one, between its effects and its offset commit: a redelivery). Then a hold just before a
+    commit, counted from a seeded moment past the rejoin and the replay of records applied but not
+    acknowledged before the last kill, so it lands on fresh work: an offset already committed (by a
+    commit-first consumer, or in the background) for work that never finishes is a loss."""
+    k = run.rng.randrange(8, 24)
+    rm, fb = "read_model", P.fallback_after
+    return [[At(CrashPoint(rm, "db-commit", "after", k, fallback_after=fb), after_ok=8),
+            At(CrashPoint(rm, "db-commit", "after", k + 1, fallback_after=fb)),
+            At(HoldThenKill(rm, "db-commit", run.rng.randrange(1, 8), hold=P.hold, fallback_after=fb,
+                            after_s=run.rng.uniform(12, 16))),
+            At(ResetConnections("postgres"), ready=consuming),  # records in flight when the database goes
+            At(RestartServer("postgres", down=1.0), ready=consuming)]]
+
+
+def consuming(run: Run) -> bool:
+    """The read model is up and applying records (not rejoining its group, which takes ~9 s on
+    Tansu): its row count grew since the last look. Judged by rows, not committed offsets, which
+    a consumer committing in the background moves in steps."""
+    rows = count_rows(run)
+    before, run.state["rows"] = run.state.get("rows"), rows
+    return run.services["read_model"].alive() and before is not None and rows > before
+
+
+def count_rows(run: Run) -> int:
+    with psycopg.connect(run.ns.database_url, connect_timeout=5) as conn:
+        return conn.execute("SELECT count(*) FROM orders").fetchone()[0]
 
 
 def load(run: Run, ctx: PhaseContext) -> None:
@@ -74,19 +96,24 @@ def load(run: Run, ctx: PhaseContext) -> None:
 
 
 def api_faults(run: Run, ctx: PhaseContext) -> None:
-    """Faults on the API's side, one after another, each followed by the client's retries. The API
-    is SIGKILLed while the requests of a cut are in flight: answering 201 before the broker's ack
-    shows as an acknowledged order that never arrives."""
-    probe_replay_after_restart(run, orders(run), Kill("order_api"), P.replays)
-    api = run.services["order_api"]
-    for cut in (Cut("kafka"), OneWayCut("kafka")):  # unreachable / stored but never acknowledged
-        with cut.active(run) as cutting:
-            if cutting:
-                sent = orders(run).burst(P.cut_orders, during=cut.kind,
-                                           then=lambda: Kill("order_api", restart=False).apply(run))
+    """Faults on the API's side, one after another, each followed by the client's retries. First
+    the one-way cut, while the API's producer is warm from the load (a producer still starting up
+    would never send its request); then a restart before acknowledged requests come again; then a
+    cut with the API SIGKILLed while the requests are in flight (a 201 before the broker's ack
+    shows as an acknowledged order that never arrives)."""
+    with OneWayCut("kafka").active(run) as cutting:  # stored, never acknowledged: the API gives up (5xx)
         if cutting:
-            api.start().wait_healthy()
-            orders(run).retry_keys([(p.key, p.body) for p in sent])
+            sent = orders(run).burst(P.cut_orders, during="one-way-cut", after=P.oneway_wait)
+    if cutting:
+        orders(run).retry_keys([(p.key, p.body) for p in sent])
+    probe_replay_after_restart(run, orders(run), Kill("order_api"), P.replays)
+    with Cut("kafka").active(run) as cutting:
+        if cutting:
+            sent = orders(run).burst(P.cut_orders, during="cut",
+                                     then=lambda: Kill("order_api", restart=False).apply(run))
+    if cutting:
+        run.services["order_api"].start().wait_healthy()
+        orders(run).retry_keys([(p.key, p.body) for p in sent])
     Duplicates(run.ns.topic("orders"), P.duplicates, run.seed).apply(run)
 
 

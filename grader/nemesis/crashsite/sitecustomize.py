@@ -24,8 +24,13 @@ def _install(spec: str) -> None:
         raise ValueError(spec)
     calls = [0]
     lock = threading.Lock()
+    # LABKIT_CRASH_AFTER_S: only calls made that long after start count (e.g. past a replay of
+    # records that were applied before the previous crash, to land on fresh work).
+    counting_from = time.monotonic() + float(os.environ.get("LABKIT_CRASH_AFTER_S", "0"))
 
     def due() -> bool:
+        if time.monotonic() < counting_from:
+            return False
         with lock:  # services call from many threads; exactly one call is the Nth
             calls[0] += 1
             return calls[0] == nth
