@@ -185,6 +185,39 @@ def check(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission:
 
 
 @app.command()
+def trace(results: Path = typer.Argument(..., help="a results folder written by `labkit check`"),
+          order: Optional[str] = typer.Option(None, "--order", help="the order (or other resource) id whose trace to show"),
+          all_traced: bool = typer.Option(False, "--all", help="every trace the grader sent a traced request for")) -> None:
+    """Show a run's traces as waterfalls: spans by service, kind and timing, errors, overlapping faults."""
+    from .checks.tracing import wall_t0_ns
+    from .history import History
+    from .nemesis import fault_events
+    from .otlp import spans_from_history
+    from .report.waterfall import faults_in_span_clock, render_trace
+
+    try:
+        history = History.load_jsonl(results / "history.jsonl")
+    except OSError as e:
+        fail(f"{results}: no history.jsonl ({e})")
+    spans = spans_from_history(history)
+    if not spans:
+        fail(f"{results}: the run received no spans (do the services export OTLP to OTEL_EXPORTER_OTLP_ENDPOINT?)")
+    ops = [op for op in history.ops() if op.invoke.get("trace_id")]
+    if order:
+        ops = [op for op in ops if order in (str((op.result.get("body") or {}).get("order_id", "")
+                                                 if isinstance(op.result.get("body"), dict) else ""), op.invoke.get("key"))]
+        if not ops:
+            fail(f"no request for {order} in {results / 'history.jsonl'}")
+    else:
+        ops = [op for op in ops if op.invoke.get("probe") == "trace"] or ops[-1:]
+    faults = faults_in_span_clock(fault_events(history), wall_t0_ns(history))
+    for op in ops if (all_traced or order) else ops[-1:]:
+        console.print(f"[bold]{op.f}[/] request #{op.id} (key {op.invoke.get('key')}) -> {op.result.get('status')}  "
+                      f"[dim]trace {op.invoke['trace_id']}[/]")
+        console.print(render_trace(spans, op.invoke["trace_id"], faults))
+
+
+@app.command()
 def recheck(results: Path = typer.Argument(..., help="a results folder written by `labkit check` (history.jsonl, run.json)"),
             ) -> None:
     """Judge a saved run again from its history alone - no servers - and print the verdicts."""

@@ -18,6 +18,17 @@ from .launch import ServiceFailed
 from .runner import LIVE_SPAN_DELAY_MS, Run, new_seed, prepare
 
 
+def latest_trace(run: Run):
+    """The waterfall of the latest request whose spans reached the last service of the chain."""
+    from .otlp import spans_from_history
+    from .report.waterfall import render_trace
+
+    spans = spans_from_history(run.history)
+    traced = {op.invoke.get("trace_id") for op in run.history.ops()[-50:] if op.type == "ok"}
+    complete = [s.trace_id for s in spans if s.kind == "CONSUMER" and s.trace_id in traced]
+    return render_trace(spans, complete[-1], max_spans=12) if complete else Text("no complete trace yet", style="dim")
+
+
 def view(run: Run, shown: dict[str, str], started: float) -> Group:
     services = Table("service", "state", "restarts", "last log line", title=f"{run.lab.id}: {run.lab.title}",
                      expand=True)
@@ -30,7 +41,7 @@ def view(run: Run, shown: dict[str, str], started: float) -> Group:
         numbers.add_row(key, value)
     footer = Text(f"up {time.monotonic() - started:.0f}s  ·  namespace {run.ns.name}  ·  logs in "
                   f"{run.out_dir / 'logs'}  ·  Ctrl-C stops everything", style="dim")
-    return Group(services, numbers, footer)
+    return Group(services, numbers, Text("latest trace", style="bold"), latest_trace(run), footer)
 
 
 def run_live(lab: Lab, submission: Path, runtime: str, console: Console, rate: float = 10.0,

@@ -23,7 +23,7 @@ def test_history_records_in_order_from_many_threads_and_round_trips(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    history.record("fault", "nemesis", what="cut", payload=b"\x00")  # not JSON: stored as its str
+    history.record("fault", "nemesis", what="cut", payload=b"\x00")  # not JSON: bytes are stored as text
     events = history.events()
     assert len(events) == len(history) == 802
     assert [e.t for e in events] == sorted(e.t for e in events)
@@ -34,7 +34,7 @@ def test_history_records_in_order_from_many_threads_and_round_trips(tmp_path):
     history.dump_jsonl(tmp_path / "run" / "history.jsonl")
     loaded = History.load_jsonl(tmp_path / "run" / "history.jsonl")
     assert loaded.events()[:-1] == events[:-1]
-    assert loaded.events("fault")[0].data == {"what": "cut", "payload": "b'\\x00'"}
+    assert loaded.events("fault")[0].data == {"what": "cut", "payload": "\x00"}  # bytes are saved as text
 
 
 def test_events_are_frozen():

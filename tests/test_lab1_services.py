@@ -228,7 +228,7 @@ def test_same_key_different_request_is_422(api):
 def test_same_key_while_the_first_is_in_progress_is_409(run, api):
     """The broker is slow, so the first request is still waiting for its acknowledgement."""
     key, body = str(uuid.uuid4()), {"customer_id": customer(), "amount_cents": 700}
-    run.kafka_proxy.delay(500)  # each way: the acknowledgement takes ~1 s, within the 2 s publish timeout
+    run.proxies["kafka"].delay(500)  # each way: the acknowledgement takes ~1 s, within the 2 s publish timeout
     try:
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(post, api, "/orders", body, key)
@@ -237,7 +237,7 @@ def test_same_key_while_the_first_is_in_progress_is_409(run, api):
             second = post(api, "/orders", body, key=key)
             first = first.result()
     finally:
-        run.kafka_proxy.delay(0)
+        run.proxies["kafka"].delay(0)
     assert (first.status_code, second.status_code) == (201, 409), (first.text, second.text)
     assert json_error(second)["error"] == "request_in_progress"
     again = post(api, "/orders", body, key=key)  # once finished, the same key replays
@@ -355,11 +355,11 @@ def test_malformed_records_go_to_the_dlq_and_the_consumer_keeps_going(run):
 def test_broker_unavailable_is_503_and_a_retry_with_the_key_places_one_order(run, api):
     c = customer()
     key, body = str(uuid.uuid4()), {"customer_id": c, "amount_cents": 5000}
-    run.kafka_proxy.cut()
+    run.proxies["kafka"].cut()
     try:
         r = post(api, "/orders", body, key=key)
     finally:
-        run.kafka_proxy.heal()
+        run.proxies["kafka"].heal()
     assert r.status_code == 503
     assert json_error(r)["error"] == "broker_unavailable"
     retried = wait_until(lambda: (r := post(api, "/orders", body, key=key)).status_code == 201 and r, 60,

@@ -37,9 +37,10 @@ def render(report: RunReport) -> str:
     return console.file.getvalue()
 
 
-def test_scores_leave_skipped_checks_out():
+def test_a_skipped_check_earns_zero_of_its_points():
+    """A check whose faults did not happen is SKIP with 0 points: never full marks by omission."""
     report = sample_report()
-    assert (report.score, report.max_score, report.passed) == (4, 11, False)
+    assert (report.score, report.max_score, report.passed) == (4, 12, False)
     assert set(report.logs_to_show()) == {"read-model", "worker"}  # a traceback, a crash; not the healthy one
     only_skipped = RunReport("lab-1", "t", "s", 1, "native", "now", 0, [report.results[3]])
     assert not only_skipped.passed  # nothing verified is not a pass
@@ -51,7 +52,7 @@ def test_console_shows_table_failures_evidence_hint_logs_and_replay():
                  "14 of 14 keys with the wrong total", "customer c-0: 200 cents (expected 100 cents, 2.0x)",
                  "... and 4 more", "Deduplicate by [order id] in the same transaction",  # markup-like text survives
                  "read-model exited with code 1", "KeyError: 'amount'", "worker: last log lines",
-                 "cut the broker for 3 s", "score 4/11", "seed 4242", "labkit check lab-1 --seed 4242"):
+                 "cut the broker for 3 s", "score 4/12", "seed 4242", "labkit check lab-1 --seed 4242"):
         assert text in out, text
     assert "customer c-13" not in out and "order-api" not in out
     assert "\x00" not in out and "[0m" not in out  # the service's colour codes do not leak
@@ -62,7 +63,7 @@ def test_json_round_trips_with_a_stable_shape(tmp_path):
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert data["schema"] == SCHEMA
     assert {k: data[k] for k in ("lab", "seed", "runtime", "score", "max_score", "passed", "replay")} == {
-        "lab": "lab-1", "seed": 4242, "runtime": "native", "score": 4, "max_score": 11, "passed": False,
+        "lab": "lab-1", "seed": 4242, "runtime": "native", "score": 4, "max_score": 12, "passed": False,
         "replay": "labkit check lab-1 --seed 4242"}
     checks = {c["id"]: c for c in data["checks"]}
     assert [c["state"] for c in data["checks"]] == ["PASS", "FAIL", "ERROR", "SKIP"]
@@ -79,7 +80,7 @@ def test_junit_is_valid_xml_with_one_testcase_per_check(tmp_path):
     assert {k: suite.get(k) for k in ("tests", "failures", "errors", "skipped")} == {
         "tests": "4", "failures": "1", "errors": "1", "skipped": "1"}
     props = {p.get("name"): p.get("value") for p in suite.iter("property")}
-    assert props["seed"] == "4242" and props["score"] == "4/11"
+    assert props["seed"] == "4242" and props["score"] == "4/12"
     cases = {c.get("name"): c for c in suite.iter("testcase")}
     assert list(cases) == ["no-lost-orders", "effects-once", "poison-message", "traces"]
     assert len(cases["no-lost-orders"]) == 0

@@ -28,7 +28,6 @@ from ..checks.contract import check_api_contract
 from ..checks.orders import DOWNSTREAM, check_final_status, check_no_duplicate_effects, check_no_lost_orders
 from ..checks.poison import check_poison
 from ..checks.tracing import run_secret, trace_check
-from ..history import History
 from ..kafka import group_lag
 from ..nemesis import (CrashPoint, Cut, Delay, Duplicates, HoldThenKill, Kill, OneWayCut, ResetConnections,
                        RestartServer)
@@ -39,7 +38,7 @@ from ..runner import Run
 from ..scenario import At, Check, Params, Phase, PhaseContext, Scenario, play
 from ..workloads.contract import probe_basics, probe_concurrent_key, probe_replay_after_restart
 from ..workloads.http import HttpWorkload
-from ..workloads.orders import Orders
+from ..workloads.orders import Orders, order_metrics, orders_of, steady
 from ..workloads.tracing import trace_phase
 
 P = Params(orders=120, rate=30, concurrency=6, load_max_seconds=90, fallback_after=20.0, hold=7.0,
@@ -50,10 +49,7 @@ DOWNSTREAM_SQL = {"orders": "SELECT order_id, customer_id, amount_cents, status 
 
 
 def orders(run: Run) -> Orders:
-    """The run's order workload (one client, seeded from the run)."""
-    if "orders" not in run.state:
-        run.state["orders"] = Orders(run.client("order_api"), run.seed)
-    return run.state["orders"]
+    return orders_of(run, "order_api")
 
 
 def consumer_faults(run: Run) -> list[list[At]]:
@@ -179,22 +175,14 @@ def run(run: Run) -> None:
 # --- live mode (`make lab-1`): steady traffic and what to show -------------------------------
 
 def traffic(run: Run, stop, rate: float = 10.0) -> None:
-    """Orders at about `rate` per second until `stop` is set, with the odd retry and cancel."""
-    workload = orders(run)
-    while not stop.wait(1 / rate):
-        workload.play(workload.plan())
+    steady(orders(run), stop, rate)
 
 
 def metrics(run: Run, elapsed: float) -> dict[str, str]:
-    ops = run.history.ops("place")
-    acked = sum(1 for op in ops if op.type == "ok")
-    errors = sorted({str(op.result.get("status") or "no answer") for op in ops if op.type != "ok"})
-    shown = {"orders sent": str(len(ops)), "acknowledged (201)": f"{acked}  ({acked / max(elapsed, 1e-9):.1f}/s)",
-             "errors": ", ".join(errors) or "none"}
+    shown = order_metrics(run.history, elapsed)
     try:
         shown["consumer lag"] = str(group_lag(run.kafka, run.ns.group("read-model"), run.ns.topic("orders"), timeout=2))
-        seen = observe_rows(History(), DOWNSTREAM, run.ns.database_url, DOWNSTREAM_SQL)
-        shown["orders in read model"] = str(len(seen.get("orders", [])))
+        shown["orders in read model"] = str(count_rows(run))
     except Exception as e:  # the view must survive a broker or database hiccup
         shown["read model"] = f"not readable yet ({type(e).__name__})"
     return shown

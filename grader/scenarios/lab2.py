@@ -31,7 +31,7 @@ from ..observe import group_lag_is_zero, observe_rows, observe_topic, quiesce, r
 from ..runner import Run
 from ..scenario import At, Check, Params, Phase, PhaseContext, Scenario, play
 from ..workloads.contract import probe_basics, probe_concurrent_key, probe_replay_after_restart
-from ..workloads.orders import Orders
+from ..workloads.orders import Orders, order_metrics, orders_of, steady
 from ..workloads.poison import poison_phase
 from ..workloads.tracing import trace_phase
 
@@ -43,9 +43,7 @@ DOWNSTREAM_SQL = {"orders": "SELECT order_id, customer_id, amount_cents, status 
 
 
 def orders(run: Run) -> Orders:
-    if "orders" not in run.state:
-        run.state["orders"] = Orders(run.client("order_service"), run.seed)
-    return run.state["orders"]
+    return orders_of(run, "order_service")
 
 
 def topic(run: Run) -> str:
@@ -159,3 +157,33 @@ SCENARIO = Scenario(
 
 def run(run: Run) -> None:
     play(SCENARIO, run)
+
+
+# --- live mode (`make lab-2`): steady traffic and what to show -------------------------------
+
+def traffic(run: Run, stop, rate: float = 10.0) -> None:
+    steady(orders(run), stop, rate)
+
+
+def metrics(run: Run, elapsed: float) -> dict[str, str]:
+    import psycopg
+
+    from ..kafka import group_lag
+    from ..observe import observe_slots
+    from ..history import History
+
+    shown = order_metrics(run.history, elapsed)
+    try:
+        with psycopg.connect(run.ns.database_url, connect_timeout=3) as conn:
+            shown["outbox rows"] = str(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            shown["orders downstream"] = str(conn.execute("SELECT count(*) FROM read_model.orders").fetchone()[0])
+        for slot in observe_slots(History(), run.ns.database_url):
+            shown[f"slot {slot['slot']}"] = (f"{slot['lag_bytes']} bytes unconfirmed, {slot['retained_bytes']} bytes "
+                                             f"of WAL retained")
+        shown["projector lag"] = str(group_lag(run.kafka, run.ns.group("projector"), topic(run), timeout=2))
+    except Exception as e:  # the view must survive a restart or a table not created yet
+        shown["downstream"] = f"not readable yet ({type(e).__name__})"
+    spans = [e.data for e in run.history.events("span") if e.data.get("service") == "projector"]
+    if spans:
+        shown["latest trace"] = f"{spans[-1]['trace_id']} ({len([s for s in run.history.events('span') if s.data.get('trace_id') == spans[-1]['trace_id']])} spans)"
+    return shown

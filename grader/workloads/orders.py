@@ -108,3 +108,26 @@ def acknowledged_requests(history: History, count: int, rng: random.Random) -> l
             seen[op.invoke["key"]] = op.invoke.get("body")
     keys = sorted(seen)
     return [(k, seen[k]) for k in rng.sample(keys, min(count, len(keys)))]
+
+
+def orders_of(run: "Run", service: str) -> Orders:
+    """The run's order workload against `service` (one client, seeded from the run), made once."""
+    if "orders" not in run.state:
+        run.state["orders"] = Orders(run.client(service), run.seed)
+    return run.state["orders"]
+
+
+def steady(workload: Orders, stop: threading.Event, rate: float) -> None:
+    """Live mode (`make lab-N`): orders at about `rate` per second until `stop`, with the odd
+    client retry and cancel."""
+    while not stop.wait(1 / rate):
+        workload.play(workload.plan())
+
+
+def order_metrics(history: History, elapsed: float) -> dict[str, str]:
+    """What the live view shows about the client side: sent, acknowledged, errors."""
+    ops = history.ops("place")
+    acked = sum(1 for op in ops if op.type == "ok")
+    errors = sorted({str(op.result.get("status") or "no answer") for op in ops if op.type != "ok"})
+    return {"orders sent": str(len(ops)), "acknowledged (2xx)": f"{acked}  ({acked / max(elapsed, 1e-9):.1f}/s)",
+            "errors": ", ".join(errors) or "none"}
