@@ -30,8 +30,10 @@ doctor: install
 labs: install
 	$(LABKIT) labs
 
+# Graded runs mostly wait (on faults, rejoins, quiesce): four workers keep 2 cores busy.
+TEST_WORKERS ?= 4
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 up: install
 	$(LABKIT) up $(LAB) --runtime $(RUNTIME)

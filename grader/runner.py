@@ -161,7 +161,8 @@ def prepare(lab: Lab, submission: Path, runtime: str, seed: int, out_dir: Path, 
     if "kafka" in stack.servers and lab.topics:
         ensure_topics(env["KAFKA_BOOTSTRAP_SERVERS"], {ns.topic(t.name): t.partitions for t in lab.topics})
     history = History()
-    receiver = OtlpReceiver(history).start()  # the services' spans go into the history
+    # the services' spans go into the history; OTLP/HTTP only: no gRPC threads in a process that forks
+    receiver = OtlpReceiver(history, grpc=False).start()
     resources.callback(receiver.stop)
     env.update(receiver.env(schedule_delay_ms=span_delay_ms))
     services = launch_services(lab.services, submission, env, out_dir / "logs")

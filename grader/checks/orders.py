@@ -82,15 +82,30 @@ def fault_after(history: History, t: float | None) -> str:
             f"{f' ({how})' if how else ''} at t={f['start']:.1f}s")
 
 
+def _cancelled_id(op: Op) -> str:
+    parts = str(op.invoke.get("path", "")).split("/")
+    return parts[2] if len(parts) >= 4 else ""
+
+
 def check_no_lost_orders(history: History, **args) -> CheckResult:
-    """Every order answered 201 is in the downstream table."""
+    """Every acknowledged operation took effect downstream: each order answered 201 is there, and
+    each order whose cancel was answered 200 is cancelled there."""
     if (bad := unreadable(history, **args)) is not None:
         return bad
     orders, _ = downstream(history)
+    seen_at = observed_at(history)
     acked = {o: f"{op.invoke['body'].get('customer_id')}, {op.invoke['body'].get('amount_cents')} cents "
                 f"({_detail(op)}{fault_after(history, op.t_complete)})"
-             for o, op in placed(history, before=observed_at(history)).items()}
-    return check_lost(acknowledged=acked, applied=set(orders), **args)
+             for o, op in placed(history, before=seen_at).items()}
+    applied = set(orders)
+    for op in history.ops("cancel"):
+        order_id = _cancelled_id(op)
+        if op.type == "ok" and order_id and op.t_complete is not None and op.t_complete <= (seen_at or 0):
+            acked[f"cancel of {order_id}"] = f"answered {op.result.get('status')} ({_detail(op)}" \
+                                            f"{fault_after(history, op.t_complete)})"
+            if orders.get(order_id, (None, None, None))[2] == "cancelled":
+                applied.add(f"cancel of {order_id}")
+    return check_lost(acknowledged=acked, applied=applied, **args)
 
 
 def check_no_duplicate_effects(history: History, **args) -> CheckResult:
@@ -159,7 +174,7 @@ def check_final_status(history: History, **args) -> CheckResult:
     orders, _ = downstream(history)
     cancelled, unsure = set(), set()
     for op in history.ops("cancel"):
-        order_id = str(op.invoke.get("path", "")).split("/")[2] if op.invoke.get("path", "").count("/") >= 3 else ""
+        order_id = _cancelled_id(op)
         (cancelled if op.type == "ok" else unsure if op.type == "info" else set()).add(order_id)
     expected = {o: ("cancelled" if o in cancelled else "placed")
                 for o in placed(history, before=observed_at(history)) if o in orders and o not in unsure}

