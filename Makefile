@@ -55,6 +55,8 @@ grade-%: install
 
 bench: install
 	$(BIN)/python -m tests.bench.lab1 $(ARGS)
+	$(BIN)/python -m tests.bench.lab2
+	$(BIN)/python -m tests.bench.otlp
 
 clean:
 	rm -rf $(VENV) .labkit results
