@@ -38,11 +38,26 @@ ORDER_API = ServiceSpec("order_api", ["python", "-m", "order_api"], http=HttpSpe
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="isolation runs submissions as a uid of their own: needs root")
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+def snapshot(pids) -> list[psutil.Process]:
+    """The processes behind `pids` now: checked later by identity, not by a PID another process may reuse."""
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    return procs
+
+
+def left_running(procs: list[psutil.Process]) -> list[str]:
+    left = []
+    for proc in procs:
+        try:
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{proc.pid} {proc.name()} uid={proc.uids().real}")
+        except psutil.NoSuchProcess:
+            pass
+    return left
 
 
 @pytest.fixture
@@ -139,11 +154,10 @@ def test_a_double_forked_survivor_is_killed(run_env, sandbox_for, tmp_path):
     box = sandbox_for(submission)
     service = start(box, submission, run_env.env(), tmp_path)
     wait_until(lambda: "survivor running" in log_of(service), 10, "the survivor to start")
-    pids = box.pids()
-    survivors = [p for p in pids if psutil.Process(p).uids().real == box.uid]
-    assert len(survivors) >= 2  # the service and its survivor
+    procs = snapshot(box.pids())
+    assert len([p for p in procs if p.uids().real == box.uid]) >= 2  # the service and its survivor
     service.stop(timeout=5)
-    assert all(gone(p) for p in pids), [p for p in pids if not gone(p)]
+    assert not left_running(procs), left_running(procs)
     assert box.pids() == set()
 
 
@@ -189,10 +203,10 @@ def test_a_hanging_service_is_bounded_and_killed(run_env, sandbox_for, tmp_path)
     t0 = time.monotonic()
     with pytest.raises(ServiceFailed, match="did not become healthy"):
         service.wait_healthy(3)
-    pids = box.pids()
+    procs = snapshot(box.pids())
     service.stop(timeout=1)  # it ignores SIGTERM: SIGKILL after the timeout
     assert time.monotonic() - t0 < 15
-    assert all(gone(p) for p in pids) and box.pids() == set()
+    assert not left_running(procs) and box.pids() == set()
 
 
 def test_the_wall_time_limit_kills_the_whole_run(run_env, sandbox_for, tmp_path):
@@ -254,10 +268,11 @@ def test_killing_the_grader_leaves_nothing_of_the_run(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
     try:
         started = wait_until(lambda: report.exists() and json.loads(report.read_text() or "null"), 60, "the run")
-        assert len(started["pids"]) >= 4
+        procs = snapshot(started["pids"])
+        assert len(procs) >= 4
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-        wait_until(lambda: all(gone(pid) for pid in started["pids"]), 30, "every process of the run killed")
+        wait_until(lambda: not left_running(procs), 30, "every process of the run killed")
         wait_until(lambda: not os.path.exists(started["root"]), 30, "its folder (a tmpfs) unmounted and removed")
         Sandbox(HOSTILE / "hangs").open().close()  # the next run sweeps the dead run's cgroups
         assert not any(Path(d).exists() for d in started["cgroup"])
