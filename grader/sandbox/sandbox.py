@@ -9,6 +9,7 @@ cgroup (v1 or v2, cgroups.py) caps memory and processes and lists what is left. 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import shutil
 import signal
@@ -80,6 +81,7 @@ class Sandbox:
         self.egress: Egress | None = None
         self.mounted = False  # root is a size-capped tmpfs
         self.procs: list[SandboxedProcess] = []
+        self._lives = itertools.count()  # names each life's cgroup (restarts come from many threads)
         self.expired = False  # the wall-time limit fired
         self._timer: threading.Timer | None = None
         self._markers: dict[str, Path] = {}  # private marker path -> where the grader expects it
@@ -238,7 +240,7 @@ class Sandbox:
         env = self.environment(env, allowed)
         if self.egress:  # only where the contract points: the proxy, not the broker behind it
             self.egress.allow(ports_in(env))
-        cgroup = self.cgroup.child(f"life-{len(self.procs)}") if self.cgroup else None
+        cgroup = self.cgroup.child(f"life-{next(self._lives)}") if self.cgroup else None
         proc = SandboxedProcess(self, cgroup, self.command(argv, cwd, cgroup), log, env=env, cwd=self.workdir,
                                 log_limit=self.limits.log_size)
         self.procs.append(proc)
@@ -256,7 +258,8 @@ class Sandbox:
 
     def kill_all(self) -> None:
         for proc in self.procs:
-            proc.kill()
+            if proc.popen.returncode is None:  # lives already reaped are done (and their PIDs may be reused)
+                proc.kill()
         if self.cgroup:
             self.cgroup.kill()
 
@@ -314,6 +317,11 @@ class SandboxedProcess(ServerProcess):
             except psutil.NoSuchProcess:
                 pass
         return out
+
+    def _signal_group(self, sig: int) -> None:
+        if self.popen.returncode is not None and self.cgroup is not None:
+            return  # reaped: its PID may belong to someone else by now; the cgroup reaches what is left
+        super()._signal_group(sig)
 
     def _ask(self, sig: int) -> None:
         for proc in self._submission_procs():
