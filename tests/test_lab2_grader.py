@@ -1,0 +1,70 @@
+"""Grader selftest for lab 2: the reference passes every check (and a saved run is re-judged the
+same without servers), every mutant fails the checks its mutant.toml names with evidence, and the
+starter fails with hints that point at its TODOs. Each graded run has its own stack (its faults
+restart PostgreSQL), so the runs are spread over pytest-xdist workers."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from grader.cli import app
+from grader.history import History
+from grader.lab import find_lab
+from grader.report import RunReport
+from grader.runner import grade, report_from_history
+
+MUTANTS = Path(__file__).parent / "mutants" / "lab2"
+RUNTIME = "native"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lab():
+    return find_lab("lab-2")
+
+
+def summary(report: RunReport) -> str:
+    lines = [f"seed {report.seed}, {report.duration:.0f}s"] + report.notes
+    for r in report.results:
+        lines.append(f"{r.id}: {r.state} {r.message}")
+        lines += [f"    {e}" for e in r.evidence[:5]]
+    lines += [f"fault {f['fault']} {f['target']} effective={f['effective']} {f.get('reason') or ''}" for f in report.faults]
+    lines += [f"--- {name} ---\n{log}" for name, log in report.logs.items()]
+    return "\n".join(lines)
+
+
+def test_reference_passes_every_check_and_a_recheck_agrees(lab, tmp_path):
+    report = grade(lab, lab.reference, RUNTIME, seed=1, out_dir=tmp_path)
+    print(f"graded run of the reference: {report.duration:.1f}s wall")
+    assert report.passed, summary(report)
+    assert report.score == report.max_score
+    assert all(f["effective"] for f in report.faults if not f.get("reason")), summary(report)
+    again = report_from_history(lab, History.load_jsonl(tmp_path / "history.jsonl"), report.submission, report.seed,
+                                report.runtime, report.started_at, report.duration)
+    assert [(r.id, r.state, r.points, r.message, r.evidence) for r in again.results] == \
+           [(r.id, r.state, r.points, r.message, r.evidence) for r in report.results]
+    from typer.testing import CliRunner
+    result = CliRunner().invoke(app, ["recheck", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"score {report.max_score:g}/{report.max_score:g}" in result.output
+
+
+@pytest.mark.parametrize("mutant", sorted(p.parent for p in MUTANTS.glob("*/mutant.toml")), ids=lambda p: p.name)
+def test_mutant_fails_the_checks_named_after_its_bug(lab, tmp_path, mutant):
+    meta = tomllib.loads((mutant / "mutant.toml").read_text())
+    report = grade(lab, mutant, RUNTIME, seed=7, out_dir=tmp_path)
+    print(f"graded run of {mutant.name}: {report.duration:.1f}s wall")
+    failed = {r.id: r for r in report.results if r.state == "FAIL"}
+    missing = [cid for cid in meta["expect_fail"] if cid not in failed]
+    assert not missing, f"{mutant.name} ({meta['bug']}) did not fail {missing}:\n{summary(report)}"
+    for cid in meta["expect_fail"]:
+        assert failed[cid].message and failed[cid].evidence, f"{cid} failed without evidence"
+
+
+def test_starter_fails_with_hints_that_point_at_the_todos(lab, tmp_path):
+    report = grade(lab, lab.starter, RUNTIME, seed=3, out_dir=tmp_path)
+    failed = [r for r in report.results if not r.passed]
+    assert failed, summary(report)
+    assert any("TODO(lab2-" in (r.hint or "") for r in failed), summary(report)
