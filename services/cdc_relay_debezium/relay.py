@@ -175,7 +175,8 @@ def main() -> None:
     # The engine blocks its thread in Java; the main thread stays in Python to see SIGTERM.
     runner = threading.Thread(target=engine.run, name="debezium", daemon=True)
     runner.start()
-    log.info("Debezium streaming slot %s to %s", schema.slot_name(), events.topic_for("<aggregatetype>"))
+    log.info("starting Debezium (a JVM: seconds) on slot %s, routing to %s", schema.slot_name(),
+             events.topic_for("<aggregatetype>"))
     while not stopping.wait(1):
         if not runner.is_alive():
             raise SystemExit("the Debezium engine stopped")

@@ -140,7 +140,7 @@ def bench_relay(name: str, relay: Service, services: dict[str, Service], url: st
     write_orders(url, 10**6, args.backlog / 10**6, f"backlog-{name}")
     _, end = slot_position(url)
     relay.start()
-    ready = {"reference relay": "streaming slot", "Debezium": "Processing messages"}[name]
+    ready = {"reference relay": "streaming slot", "Debezium": "Processing messages"}[name]  # in their logs
     wait_until(lambda: ready in relay.log.read_text(), 120, f"{name} to stream", interval=0.01)
     t0 = time.perf_counter()
     wait_until(lambda: slot_position(url)[0] >= end, 300, f"{name} to pass the backlog", interval=0.02)
