@@ -124,7 +124,7 @@ class Sandbox:
         os.chown(self.markers, uid, uid)
         os.chmod(self.workdir, 0o700)
         _build_site(self.site, self.expose)
-        Cgroup.sweep("labkit-", lambda name: (self.root.parent / name.removeprefix("labkit-")).exists())
+        Cgroup.sweep("labkit-labkit-sandbox-", lambda name: (self.root.parent / name.removeprefix("labkit-")).exists())
         self.cgroup = Cgroup.create(f"labkit-{self.root.name}", self.limits.memory, self.limits.processes)
         self.egress = Egress.create(uid)
         self._timer = threading.Timer(self.limits.wall_time, self._expire)
