@@ -118,3 +118,21 @@ def test_check_expectations_lists_failing_cases_only():
                             "GET /orders/unknown: expected 404, got 500"]
     ok = check_expectations("api", "API contract", 2, cases[:1])
     assert ok.passed and ok.points == 2 and ok.evidence == [] and ok.message == "all 1 case as expected"
+
+
+def test_a_tombstone_downstream_is_not_a_duplicate_effect():
+    """A cancel for an order the projection never saw leaves a tombstone (cancelled, 0 cents): the
+    trace of a lost OrderPlaced (the lost checks judge it), not of an effect applied twice."""
+    from grader.checks.orders import DOWNSTREAM, check_no_duplicate_effects
+
+    history = History()
+    op = history.invoke("client", "place", key="k-1", body={"customer_id": "c-1", "amount_cents": 500})
+    history.complete(op, "ok", "client", "place", status=201, body={"order_id": "o-1"})
+    history.observe(DOWNSTREAM, orders=[["o-1", "c-1", 500, "placed"], ["o-2", "c-1", 0, "cancelled"]],
+                    totals=[["c-1", 1, 500]])
+    result = check_no_duplicate_effects(history, id="no-duplicate-effects", title="t", max_points=3)
+    assert result.passed, result.evidence
+    history.observe(DOWNSTREAM, orders=[["o-1", "c-1", 500, "placed"], ["o-3", "c-1", 500, "placed"]],
+                    totals=[["c-1", 2, 1000]])
+    result = check_no_duplicate_effects(history, id="no-duplicate-effects", title="t", max_points=3)
+    assert not result.passed and "2 orders of c-1 for 500 cents" in result.evidence[0]
