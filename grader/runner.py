@@ -131,7 +131,7 @@ def _proxied_url(url: str, port: int) -> str:
 
 def prepare(lab: Lab, submission: Path, runtime: str, seed: int, out_dir: Path, resources: ExitStack,
             say: Callable[[str], None] = lambda m: None, learner: bool = False, stack: Stack | None = None,
-            span_delay_ms: int = SPAN_DELAY_MS) -> Run:
+            span_delay_ms: int = SPAN_DELAY_MS, isolated: bool = False, expose: tuple[str, ...] = ()) -> Run:
     """Stack, proxies, namespace, topics and (not yet started) services; cleanup goes on `resources`.
     `learner`: a live run (`make lab-N`), where auto on Docker means Compose. `stack`: an already
     running stack to share (then the broker has no proxy: faults that need one are SKIP)."""
@@ -165,7 +165,12 @@ def prepare(lab: Lab, submission: Path, runtime: str, seed: int, out_dir: Path, 
     receiver = OtlpReceiver(history, grpc=False).start()
     resources.callback(receiver.stop)
     env.update(receiver.env(schedule_delay_ms=span_delay_ms))
-    services = launch_services(lab.services, submission, env, out_dir / "logs")
+    box = None
+    if isolated:  # untrusted code: own uid, namespaces, limits (grader/sandbox); closed after the services
+        from .sandbox import Sandbox
+
+        box = resources.enter_context(Sandbox(submission, expose=expose))
+    services = launch_services(lab.services, submission, env, out_dir / "logs", sandbox=box)
     for service in services.values():
         resources.callback(service.stop)
     run = Run(lab, submission, seed, stack, ns, services, out_dir, proxies, history=history, say=say)
@@ -189,8 +194,10 @@ def scenario_of(lab: Lab):
 
 def grade(lab: Lab, submission: Path, runtime: str = "auto", seed: int | None = None,
           out_dir: Path | None = None, say: Callable[[str], None] = lambda m: None,
-          stack: Stack | None = None) -> RunReport:
-    """Play the lab's scenario against a submission and judge it. Never raises for learner bugs."""
+          stack: Stack | None = None, isolated: bool = False, expose: tuple[str, ...] = ()) -> RunReport:
+    """Play the lab's scenario against a submission and judge it. Never raises for learner bugs.
+    `isolated`: run the submission in the sandbox (`labkit grade`); `expose`: reference packages
+    it may import there (only the kit's own mutants, which reuse the reference)."""
     seed = seed if seed is not None else new_seed()
     out_dir = (out_dir or Path("results") / lab.id).resolve()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -200,7 +207,8 @@ def grade(lab: Lab, submission: Path, runtime: str = "auto", seed: int | None = 
     say(f"seed {seed} (replay with --seed {seed})")
     with ExitStack() as resources:
         try:
-            run = prepare(lab, submission, runtime, seed, out_dir, resources, say, stack=stack)
+            run = prepare(lab, submission, runtime, seed, out_dir, resources, say, stack=stack, isolated=isolated,
+                          expose=expose)
             importlib.import_module(lab.scenario).run(run)
         except ServiceFailed as e:
             failure = f"a service failed: {e}"
