@@ -51,7 +51,18 @@ def test_reference_passes_every_check_and_a_recheck_agrees(lab, tmp_path):
     assert f"score {report.max_score:g}/{report.max_score:g}" in result.output
 
 
-@pytest.mark.parametrize("mutant", sorted(p.parent for p in MUTANTS.glob("*/mutant.toml")), ids=lambda p: p.name)
+def mutants() -> list:
+    """Every mutant; one whose mutant.toml names a `grader_gap` (a real bug the grader does not yet
+    expose, reported to the lab's owner) is expected to slip through until the gap is closed."""
+    params = []
+    for path in sorted(p.parent for p in MUTANTS.glob("*/mutant.toml")):
+        gap = tomllib.loads((path / "mutant.toml").read_text()).get("grader_gap")
+        marks = [pytest.mark.xfail(reason=f"grader gap: {gap}", strict=False)] if gap else []
+        params.append(pytest.param(path, id=path.name, marks=marks))
+    return params
+
+
+@pytest.mark.parametrize("mutant", mutants())
 def test_mutant_fails_the_checks_named_after_its_bug(lab, tmp_path, mutant):
     meta = tomllib.loads((mutant / "mutant.toml").read_text())
     report = grade(lab, mutant, RUNTIME, seed=7, out_dir=tmp_path)
