@@ -236,6 +236,10 @@ class ServerProcess:
         self._signal_group(sig)
 
     def _signal_group(self, sig: int) -> None:
+        if self.popen.returncode is not None:
+            # Reaped: its PID, and so the group id, may already be another process's (PIDs wrap).
+            # Until reaped (a zombie holds the PID) the group can only be ours.
+            return
         try:
             os.killpg(self.pid, sig)
         except (ProcessLookupError, PermissionError):
