@@ -70,6 +70,11 @@ class Nemesis:
     def done(self) -> bool:
         return not any(t.is_alive() for t in self._threads)
 
+    @property
+    def stopped(self) -> threading.Event:
+        """Set when the phase's faults are stopped (a workload helper can wait on it)."""
+        return self._stop
+
     def _due(self, step: At) -> bool:
         return (time.monotonic() - self._t0 >= step.after_s and
                 (step.after_ok <= 0 or self._ok_ops(step.f) >= step.after_ok))

@@ -87,25 +87,31 @@ def _cancelled_id(op: Op) -> str:
     return parts[2] if len(parts) >= 4 else ""
 
 
+def acknowledged(history: History) -> list[tuple[str, Op, str, bool]]:
+    """Every acknowledged operation the downstream snapshot can show: (label, op, what, applied) for
+    each order answered 201 (applied: it is there) and each cancel answered 200 (applied: the order
+    is cancelled there), acknowledged before the snapshot was read."""
+    orders, _ = downstream(history)
+    seen_at = observed_at(history)
+    out = [(o, op, f"{op.invoke['body'].get('customer_id')}, {op.invoke['body'].get('amount_cents')} cents",
+            o in orders) for o, op in placed(history, before=seen_at).items()]
+    for op in history.ops("cancel"):
+        order_id = _cancelled_id(op)
+        if op.type == "ok" and order_id and op.t_complete is not None and op.t_complete <= (seen_at or 0):
+            out.append((f"cancel of {order_id}", op, f"answered {op.result.get('status')}",
+                        orders.get(order_id, (None, None, None))[2] == "cancelled"))
+    return out
+
+
 def check_no_lost_orders(history: History, **args) -> CheckResult:
     """Every acknowledged operation took effect downstream: each order answered 201 is there, and
     each order whose cancel was answered 200 is cancelled there."""
     if (bad := unreadable(history, **args)) is not None:
         return bad
-    orders, _ = downstream(history)
-    seen_at = observed_at(history)
-    acked = {o: f"{op.invoke['body'].get('customer_id')}, {op.invoke['body'].get('amount_cents')} cents "
-                f"({_detail(op)}{fault_after(history, op.t_complete)})"
-             for o, op in placed(history, before=seen_at).items()}
-    applied = set(orders)
-    for op in history.ops("cancel"):
-        order_id = _cancelled_id(op)
-        if op.type == "ok" and order_id and op.t_complete is not None and op.t_complete <= (seen_at or 0):
-            acked[f"cancel of {order_id}"] = f"answered {op.result.get('status')} ({_detail(op)}" \
-                                            f"{fault_after(history, op.t_complete)})"
-            if orders.get(order_id, (None, None, None))[2] == "cancelled":
-                applied.add(f"cancel of {order_id}")
-    return check_lost(acknowledged=acked, applied=applied, **args)
+    acked = acknowledged(history)
+    return check_lost(acknowledged={label: f"{what} ({_detail(op)}{fault_after(history, op.t_complete)})"
+                                    for label, op, what, _ in acked},
+                      applied={label for label, _, _, applied in acked if applied}, **args)
 
 
 def check_no_duplicate_effects(history: History, **args) -> CheckResult:
@@ -230,23 +236,22 @@ def check_no_phantoms(history: History, prefix: str = "reject-", **args) -> Chec
 
 
 def lost_around(*faults: tuple[str, str | None], before: float = 10.0):
-    """A checker: every order acknowledged from `before` seconds ahead of one of these faults
-    ((kind, target) pairs) until its end - in flight when it struck - is downstream."""
+    """A checker: every operation acknowledged from `before` seconds ahead of one of these faults
+    ((kind, target) pairs) until its end - in flight when it struck - took effect downstream."""
     def check(history: History, **args) -> CheckResult:
         if (bad := unreadable(history, **args)) is not None:
             return bad
         windows = [(f["start"] - before, f["end"], f.get("description") or f["fault"]) for f in fault_events(history)
                    if f["effective"] and any(f["fault"] == k and (t is None or f["target"] == t) for k, t in faults)]
-        orders, _ = downstream(history)
-        acked = {o: (op, w) for o, op in placed(history, before=observed_at(history)).items()
+        acked = {label: (op, applied, w) for label, op, _, applied in acknowledged(history)
                  for w in windows if w[0] <= (op.t_complete or 0) <= w[1]}
-        missing = [f"{o}: {_detail(op)}; in flight during: {w[2]} (t={w[0] + before:.1f}s)"
-                   for o, (op, w) in sorted(acked.items()) if o not in orders]
+        missing = [f"{label}: {_detail(op)}; in flight during: {w[2]} (t={w[0] + before:.1f}s)"
+                   for label, (op, applied, w) in sorted(acked.items()) if not applied]
         if missing:
-            return CheckResult.verdict(passed=False, message=f"{len(missing)} of {len(acked)} orders acknowledged "
-                                       f"around the faults never arrived downstream", evidence=missing, **args)
-        return CheckResult.verdict(passed=True, message=f"all {len(acked)} orders acknowledged around "
-                                   f"{len(windows)} fault(s) arrived downstream", **args)
+            return CheckResult.verdict(passed=False, message=f"{len(missing)} of {len(acked)} operations acknowledged "
+                                       f"around the faults never took effect downstream", evidence=missing, **args)
+        return CheckResult.verdict(passed=True, message=f"all {len(acked)} operations acknowledged around "
+                                   f"{len(windows)} fault(s) took effect downstream", **args)
     return check
 
 

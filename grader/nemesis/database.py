@@ -9,6 +9,23 @@ from .base import Fault, Need, Target
 FUNCTION = "labkit_reject_commit"
 
 
+def _deferred_trigger(conn, name: str, table: str, column: str, prefix: str, body: str) -> None:
+    """A deferred constraint trigger on `table`: `body` (plpgsql) runs at COMMIT for every inserted
+    row whose `column` starts with `prefix`."""
+    fn = sql.Identifier(name)
+    conn.execute(sql.SQL("""
+        CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF starts_with(NEW.{col}::text, {prefix}) THEN
+            {body}
+          END IF;
+          RETURN NULL;
+        END $$""").format(fn=fn, col=sql.Identifier(column), prefix=sql.Literal(prefix), body=sql.SQL(body)))
+    conn.execute(sql.SQL("""CREATE CONSTRAINT TRIGGER {trigger} AFTER INSERT ON {table}
+                            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {fn}()""").format(
+        trigger=fn, table=sql.Identifier(table), fn=fn))
+
+
 class RejectCommits(Fault):
     """Make PostgreSQL refuse, at COMMIT, every transaction that inserted a row into `table` whose
     `column` starts with `prefix` (a deferred constraint trigger): such a request certainly rolled
@@ -29,20 +46,9 @@ class RejectCommits(Fault):
         return [Need("server", "postgres")]
 
     def inject(self, run: Target) -> None:
-        trigger = sql.Identifier(f"{FUNCTION}_{self.id}")
         with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL("""
-                CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN
-                  IF starts_with(NEW.{col}::text, {prefix}) THEN
-                    RAISE EXCEPTION 'labkit: this order is refused at commit (a fault the grader injected)';
-                  END IF;
-                  RETURN NULL;
-                END $$""").format(fn=sql.Identifier(FUNCTION), col=sql.Identifier(self.column),
-                                  prefix=sql.Literal(self.prefix)))
-            conn.execute(sql.SQL("""CREATE CONSTRAINT TRIGGER {trigger} AFTER INSERT ON {table}
-                                    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {fn}()""").format(
-                trigger=trigger, table=sql.Identifier(self.target), fn=sql.Identifier(FUNCTION)))
+            _deferred_trigger(conn, f"{FUNCTION}_{self.id}", self.target, self.column, self.prefix,
+                              "RAISE EXCEPTION 'labkit: this order is refused at commit (a fault the grader injected)';")
         self.effective = True
         self.detail = {"prefix": self.prefix}
 
@@ -51,3 +57,37 @@ class RejectCommits(Fault):
 
     def describe(self) -> str:
         return f"refuse at COMMIT every insert into {self.target} whose {self.column} starts with {self.prefix!r}"
+
+
+class StallCommits(Fault):
+    """Make every transaction that inserted a row into `table` whose `column` starts with `prefix`
+    take `seconds` longer at COMMIT (a deferred trigger sleeping), while other transactions commit.
+
+    Probes readers that assume allocation order is commit order: a relay polling the outbox by its
+    id/sequence reads the rows committed around the slow one and skips it for good; log-based CDC
+    sees it in commit order. The database does it, whatever the service's code looks like.
+    Effective once the trigger is in place; the workload sends the marked orders.
+    """
+
+    kind = "stall-commits"
+
+    def __init__(self, url: str, table: str, column: str, prefix: str, seconds: float = 3.0) -> None:
+        super().__init__(table)
+        self.url, self.column, self.prefix, self.seconds = url, column, prefix, seconds
+
+    def needs(self) -> list[Need]:
+        return [Need("server", "postgres")]
+
+    def inject(self, run: Target) -> None:
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            _deferred_trigger(conn, f"labkit_stall_commit_{self.id}", self.target, self.column, self.prefix,
+                              f"PERFORM pg_sleep({float(self.seconds)});")
+        self.effective = True
+        self.detail = {"prefix": self.prefix, "seconds": self.seconds}
+
+    def heal(self, run: Target) -> None:
+        """The trigger stays for the run."""
+
+    def describe(self) -> str:
+        return (f"delay by {self.seconds:g} s the COMMIT of every insert into {self.target} whose {self.column} "
+                f"starts with {self.prefix!r}")

@@ -25,11 +25,15 @@ class RestartServer(Fault):
     kind = "restart-server"
 
     def __init__(self, kind: str, mode: str = "immediate", down: float = 0.0, keep_data: bool = True,
-                 timeout: float = 90.0) -> None:
+                 timeout: float = 90.0, checkpoint_url: str | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode is one of {', '.join(MODES)}")
         super().__init__(kind)
         self.mode, self.down, self.keep_data, self.timeout = mode, down, keep_data, timeout
+        # PostgreSQL writes a replication slot's confirmed position to disk only at a checkpoint:
+        # without one, a crash puts every slot back, and a relay that confirmed too early is hidden
+        # behind the re-send. CHECKPOINT first, then crash, so the slot keeps what it was told.
+        self.checkpoint_url = checkpoint_url
         self._shut = False
 
     def needs(self) -> list[Need]:
@@ -44,6 +48,12 @@ class RestartServer(Fault):
     def inject(self, run: Target) -> None:
         server = run.stack.servers[self.target]
         self.detail.update(mode=self.mode, pids_before=server.pids())
+        if self.checkpoint_url:
+            import psycopg
+
+            with psycopg.connect(self.checkpoint_url, autocommit=True, connect_timeout=10) as conn:
+                conn.execute("CHECKPOINT")
+            self.detail["checkpoint"] = True
         t0 = time.monotonic()
         server.shut_down(self.mode)
         self._shut = True
@@ -65,4 +75,5 @@ class RestartServer(Fault):
     def describe(self) -> str:
         how = {"immediate": "an immediate shutdown (crash recovery at start)" if self.target == "postgres" else "SIGKILL",
                "fast": "a clean shutdown", "kill": "SIGKILL"}[self.mode]
-        return f"restart {self.target} after {how}" + (f", down {self.down:g} s" if self.down else "")
+        return (f"restart {self.target} after {'a CHECKPOINT and ' if self.checkpoint_url else ''}{how}"
+                + (f", down {self.down:g} s" if self.down else ""))

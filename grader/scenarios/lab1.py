@@ -87,6 +87,7 @@ def count_rows(run: Run) -> int:
 
 def load(run: Run, ctx: PhaseContext) -> None:
     sent = orders(run).load(ctx, P.orders, P.rate, P.concurrency)
+    orders(run).retry_unknown(run.history)  # what the client never heard about, it asks again
     acked = sum(1 for op in run.history.ops("place") if op.type == "ok")
     run.note(f"load: {sent} order plans played, {acked} place requests answered 201")
 

@@ -95,6 +95,15 @@ class Orders:
                 then()
         return plans
 
+    def retry_unknown(self, history: History, **meta) -> list[Reply]:
+        """Send again every place request whose outcome the client never learned (`info`), with
+        its key, as a client would: an order that took effect must be acknowledged now, and then
+        appear downstream like any other."""
+        answered = {op.invoke.get("key") for op in history.ops("place") if op.type != "info"}
+        unknown = {op.invoke["key"]: op.invoke.get("body") for op in history.ops("place")
+                   if op.type == "info" and op.invoke.get("key") and isinstance(op.invoke.get("body"), dict)}
+        return self.retry_keys([(k, b) for k, b in unknown.items() if k not in answered], **meta)
+
     def retry_keys(self, requests: list[tuple[str, dict]], **meta) -> list[Reply]:
         """Send requests again with their keys (a client that never heard back, or did and retries)."""
         return [self.place(key, body, retry=True, **meta) for key, body in requests]
