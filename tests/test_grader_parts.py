@@ -1,0 +1,145 @@
+"""Grader parts against real servers and processes: the database-side faults, the supervisor, the
+HTTP workload's total deadline, and retries of unknown outcomes."""
+from __future__ import annotations
+
+import http.server
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from grader.history import History
+from grader.lab import ServiceSpec
+from grader.launch import Service
+from grader.nemesis import fault_events
+from grader.nemesis.database import RejectCommits, StallCommits
+from grader.supervisor import Supervisor
+from grader.wait import wait_until
+from grader.workloads.http import HttpWorkload
+from grader.workloads.orders import Orders
+
+
+@dataclass
+class FakeRun:
+    history: History = field(default_factory=History)
+    services: dict = field(default_factory=dict)
+    stack: object = None
+    proxies: dict = field(default_factory=dict)
+    out_dir: Path = Path(".")
+    notes: list = field(default_factory=list)
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+@pytest.fixture
+def database(native_stack):
+    ns = native_stack.namespace(prefix="parts")
+    with psycopg.connect(ns.database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (order_id text PRIMARY KEY, customer_id text NOT NULL)")
+    yield ns.database_url, native_stack
+    ns.drop()
+
+
+def test_reject_commits_refuses_marked_rows_at_commit_only(database):
+    url, stack = database
+    run = FakeRun(stack=stack)
+    assert RejectCommits(url, "orders", "customer_id", "reject-").apply(run)
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO orders VALUES ('o-1', 'c-1')")
+        conn.commit()
+        conn.execute("INSERT INTO orders VALUES ('o-2', 'reject-1')")  # the insert itself succeeds ...
+        with pytest.raises(psycopg.errors.RaiseException, match="refused at commit"):
+            conn.commit()  # ... the COMMIT is refused
+    with psycopg.connect(url) as conn:
+        assert [r[0] for r in conn.execute("SELECT order_id FROM orders")] == ["o-1"]
+    assert fault_events(run.history)[0]["effective"]
+
+
+def test_stall_commits_delays_marked_commits_while_others_commit(database):
+    url, stack = database
+    StallCommits(url, "orders", "customer_id", "slow-", seconds=1.5).apply(FakeRun(stack=stack))
+    committed: dict[str, float] = {}
+
+    def insert(order_id: str, customer: str) -> None:
+        with psycopg.connect(url) as conn:
+            conn.execute("INSERT INTO orders VALUES (%s, %s)", (order_id, customer))
+            conn.commit()
+        committed[order_id] = time.monotonic()
+
+    started = time.monotonic()
+    slow = threading.Thread(target=insert, args=("o-slow", "slow-1"))
+    slow.start()
+    insert("o-fast", "c-1")  # allocated after the slow one, committed before it
+    slow.join(10)
+    assert committed["o-fast"] < committed["o-slow"]
+    assert committed["o-slow"] - started >= 1.5
+
+
+def test_supervisor_restarts_a_service_that_exits_and_records_the_exit(tmp_path):
+    (tmp_path / "svc.py").write_text("import sys, time\ntime.sleep(0.3)\nsys.exit(3)\n")
+    service = Service(ServiceSpec("svc", [sys.executable, "svc.py"]), tmp_path, {}, tmp_path)
+    run = FakeRun(services={"svc": service})
+    service.start()
+    supervisor = Supervisor(run, interval=0.1).start()
+    try:
+        wait_until(lambda: len(run.history.observations("exit")) >= 2, 15, "two exits")
+    finally:
+        supervisor.stop()
+        service.stop()
+    exits = [e.data for e in run.history.observations("exit")]
+    assert exits[0] == {"what": "exit", "service": "svc", "code": 3, "restart": True}
+    assert service.died_on_its_own and service.restarts == 0  # started again, not "restarted" by a fault
+
+
+class _Drip(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # answers one byte a second: never done within the deadline
+        self.send_response(200)
+        self.send_header("Content-Length", "100")
+        self.end_headers()
+        for _ in range(100):
+            try:
+                self.wfile.write(b" ")
+                self.wfile.flush()
+            except OSError:
+                return
+            time.sleep(1)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_dripping_answer_is_cut_at_the_total_deadline_and_recorded_as_unknown():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    history = History()
+    client = HttpWorkload(f"http://127.0.0.1:{server.server_port}", history, timeout=2)
+    try:
+        started = time.monotonic()
+        reply = client.send("place", "POST", "/orders", key="k", body={})
+        assert time.monotonic() - started < 5  # per-read timeouts alone would wait ~100 s
+    finally:
+        client.close()
+        server.shutdown()
+    assert reply.status == 0 and reply.type == "info"
+    assert history.ops()[0].type == "info"
+
+
+def test_unknown_outcomes_are_retried_with_their_keys_once():
+    history = History()
+    answered = history.invoke("client", "place", key="k-ok", body={"customer_id": "c", "amount_cents": 1})
+    history.complete(answered, "ok", "client", "place", status=201)
+    lost = history.invoke("client", "place", key="k-?", body={"customer_id": "c", "amount_cents": 2})
+    history.complete(lost, "info", "client", "place", status=0)
+    sent = []
+
+    class Recorder(Orders):
+        def place(self, key, body, **meta):
+            sent.append((key, body, meta))
+
+    Recorder(HttpWorkload("http://127.0.0.1:9", history), seed=1).retry_unknown(history)
+    assert sent == [("k-?", {"customer_id": "c", "amount_cents": 2}, {"retry": True})]
