@@ -32,13 +32,12 @@ from ..kafka import group_lag
 from ..nemesis import (CrashPoint, Cut, Delay, Duplicates, HoldThenKill, Kill, OneWayCut, ResetConnections,
                        RestartServer)
 from ..nemesis.poison import Poison
-from ..workloads.poison import poison_phase
 from ..observe import group_lag_is_zero, observe_rows, quiesce, rows_stable
 from ..runner import Run
 from ..scenario import At, Check, Params, Phase, PhaseContext, Scenario, play
 from ..workloads.contract import probe_basics, probe_concurrent_key, probe_replay_after_restart
-from ..workloads.http import HttpWorkload
 from ..workloads.orders import Orders, order_metrics, orders_of, steady
+from ..workloads.poison import poison_phase
 from ..workloads.tracing import trace_phase
 
 P = Params(orders=120, rate=30, concurrency=6, load_max_seconds=90, fallback_after=20.0, hold=7.0,
@@ -53,7 +52,8 @@ def orders(run: Run) -> Orders:
 
 
 def consumer_faults(run: Run) -> list[list[At]]:
-    """The read model's crash schedule (one schedule), drawn from the run's seed (printed with it).
+    """Two schedules, drawn from the run's seed (printed with it): the read model's crashes, and
+    database faults that wait until the read model is applying records.
 
     SIGKILL just after its k-th and its (k+1)-th database commit: whatever the parity of a consumer
     that commits one record in two transactions, one kill lands between them (and, for a correct
@@ -61,14 +61,14 @@ def consumer_faults(run: Run) -> list[list[At]]:
     commit, counted from a seeded moment past the rejoin and the replay of records applied but not
     acknowledged before the last kill, so it lands on fresh work: an offset already committed (by a
     commit-first consumer, or in the background) for work that never finishes is a loss."""
-    k = run.rng.randrange(8, 24)
+    k = run.rng.randrange(30, 60)
     rm, fb = "read_model", P.fallback_after
     return [[At(CrashPoint(rm, "db-commit", "after", k, fallback_after=fb), after_ok=8),
-            At(CrashPoint(rm, "db-commit", "after", k + 1, fallback_after=fb)),
-            At(HoldThenKill(rm, "db-commit", run.rng.randrange(1, 8), hold=P.hold, fallback_after=fb,
-                            after_s=run.rng.uniform(12, 16))),
-            At(ResetConnections("postgres"), ready=consuming),  # records in flight when the database goes
-            At(RestartServer("postgres", down=1.0), ready=consuming)]]
+             At(CrashPoint(rm, "db-commit", "after", k + 1, fallback_after=fb)),
+             At(HoldThenKill(rm, "db-commit", run.rng.randrange(1, 8), hold=P.hold, fallback_after=fb,
+                             after_s=run.rng.uniform(12, 16)))],
+            [At(ResetConnections("postgres"), ready=consuming),  # records in flight when the database goes
+             At(RestartServer("postgres", down=1.0), ready=consuming)]]
 
 
 def consuming(run: Run) -> bool:
@@ -141,7 +141,10 @@ def traces(run: Run, ctx: PhaseContext) -> None:
 
 
 def start(run: Run, ctx: PhaseContext) -> None:
-    run.services["read_model"].start()  # joins its group while the API starts and is probed
+    # The load phase's faults are drawn now so that the read model starts armed for the first
+    # crash (no extra kill) and joins its group while the API starts and is probed.
+    run.state["faults"] = consumer_faults(run)
+    run.services["read_model"].start(run.state["faults"][0][0].fault.arm_env(run))
     run.services["order_api"].start().wait_healthy()
     probe_basics(orders(run))
     probe_concurrent_key(run, orders(run), Delay("kafka", P.delay_ms))
@@ -150,7 +153,8 @@ def start(run: Run, ctx: PhaseContext) -> None:
 SCENARIO = Scenario(
     params=P,
     phases=[Phase("start and probe the API contract", start),
-            Phase("load under consumer crashes and database faults", load, consumer_faults, P.load_max_seconds),
+            Phase("load under consumer crashes and database faults", load, lambda run: run.state["faults"],
+                  P.load_max_seconds),
             Phase("API restarts, broker cuts, lost acknowledgements, duplicates", api_faults),
             Phase("quiesce and observe", settle_and_observe),
             Phase("poison records", poison),
