@@ -5,18 +5,16 @@ checks that need them are SKIP with the reason. Each graded run has its own stac
 restart PostgreSQL), so the runs are spread over pytest-xdist workers."""
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from grader.cli import app
-from grader.history import History
 from grader.lab import find_lab
-from grader.report import RunReport
-from grader.runner import grade, report_from_history
+from grader.runner import grade
 from grader.stack import make_stack
+
+from tests.grading import assert_reference_passes_and_recheck_agrees, summary
 
 MUTANTS = Path(__file__).parent / "mutants" / "lab1"
 RUNTIME = "native"
@@ -28,30 +26,8 @@ def lab():
     return find_lab("lab-1")
 
 
-def summary(report: RunReport) -> str:
-    lines = [f"seed {report.seed}, {report.duration:.0f}s"] + report.notes
-    for r in report.results:
-        lines.append(f"{r.id}: {r.state} {r.message}")
-        lines += [f"    {e}" for e in r.evidence[:5]]
-    lines += [f"fault {f['fault']} {f['target']} effective={f['effective']} {f.get('reason') or ''}" for f in report.faults]
-    lines += [f"--- {name} ---\n{log}" for name, log in report.logs.items()]
-    return "\n".join(lines)
-
-
 def test_reference_passes_every_check_and_a_recheck_agrees(lab, tmp_path):
-    report = grade(lab, lab.reference, RUNTIME, seed=1, out_dir=tmp_path)
-    print(f"graded run of the reference: {report.duration:.1f}s wall")
-    assert report.passed, summary(report)
-    assert report.score == report.max_score
-    assert all(f["effective"] for f in report.faults if not f.get("reason")), summary(report)
-    again = report_from_history(lab, History.load_jsonl(tmp_path / "history.jsonl"), report.submission, report.seed,
-                                report.runtime, report.started_at, report.duration)
-    assert [(r.id, r.state, r.points, r.message, r.evidence) for r in again.results] == \
-           [(r.id, r.state, r.points, r.message, r.evidence) for r in report.results]
-    from typer.testing import CliRunner
-    result = CliRunner().invoke(app, ["recheck", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    assert f"score {report.max_score:g}/{report.max_score:g}" in result.output
+    assert_reference_passes_and_recheck_agrees(lab, tmp_path, RUNTIME)
 
 
 @pytest.mark.parametrize("mutant", sorted(p.parent for p in MUTANTS.glob("*/mutant.toml")), ids=lambda p: p.name)

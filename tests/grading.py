@@ -1,0 +1,38 @@
+"""What every lab's grader selftest shares: a readable summary of a run, and the proof that the
+reference passes with every fault biting and that its saved history is re-judged the same."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from grader.cli import app
+from grader.history import History
+from grader.lab import Lab
+from grader.report import RunReport
+from grader.runner import grade, report_from_history
+
+
+def summary(report: RunReport) -> str:
+    lines = [f"seed {report.seed}, {report.duration:.0f}s"] + report.notes
+    for r in report.results:
+        lines.append(f"{r.id}: {r.state} {r.message}")
+        lines += [f"    {e}" for e in r.evidence[:5]]
+    lines += [f"fault {f['fault']} {f['target']} effective={f['effective']} {f.get('reason') or ''}" for f in report.faults]
+    lines += [f"--- {name} ---\n{log}" for name, log in report.logs.items()]
+    return "\n".join(lines)
+
+
+def assert_reference_passes_and_recheck_agrees(lab: Lab, out_dir: Path, runtime: str = "native", seed: int = 1) -> None:
+    report = grade(lab, lab.reference, runtime, seed=seed, out_dir=out_dir)
+    print(f"graded run of the {lab.id} reference: {report.duration:.1f}s wall")
+    assert report.passed, summary(report)
+    assert report.score == report.max_score
+    assert all(f["effective"] for f in report.faults if not f.get("reason")), summary(report)
+    again = report_from_history(lab, History.load_jsonl(out_dir / "history.jsonl"), report.submission, report.seed,
+                                report.runtime, report.started_at, report.duration)
+    assert [(r.id, r.state, r.points, r.message, r.evidence) for r in again.results] == \
+           [(r.id, r.state, r.points, r.message, r.evidence) for r in report.results]
+    result = CliRunner().invoke(app, ["recheck", str(out_dir)])
+    assert result.exit_code == 0, result.output
+    assert f"score {report.max_score:g}/{report.max_score:g}" in result.output
