@@ -35,6 +35,7 @@ class CheckSpec:
     points: float
     hint: str = ""
     title: str = ""
+    visibility: str = "public"  # "hidden": students see it only after the due date (Gradescope)
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,17 @@ def load_lab(path: Path) -> Lab:
             scenario=data.get("scenario", ""),
             topics=[TopicSpec(**t) for t in data.get("topics", [])],
             services=services,
-            checks=[CheckSpec(**c) for c in data.get("checks", [])],
+            checks=[_check(path, c) for c in data.get("checks", [])],
         )
     except (KeyError, TypeError) as e:
         raise LabError(f"{path}: missing or unexpected field: {e}") from None
+
+
+def _check(path: Path, data: dict) -> CheckSpec:
+    spec = CheckSpec(**data)
+    if spec.visibility not in ("public", "hidden"):
+        raise LabError(f"{path}: check {spec.id!r}: visibility is 'public' or 'hidden', not {spec.visibility!r}")
+    return spec
 
 
 def all_labs() -> list[Lab]:

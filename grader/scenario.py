@@ -216,6 +216,8 @@ def judge(lab: "Lab", scenario: Scenario, history: History) -> list[CheckResult]
                                        f"the grader's checker failed ({type(e).__name__}: {e}); not your code")
         result.duration = time.monotonic() - started
         results.append(result)
+    for result, spec in zip(results, lab.checks):
+        result.visibility = spec.visibility
     return results
 
 

@@ -113,3 +113,17 @@ def test_every_check_in_every_lab_has_a_checker_and_every_checker_a_lab_toml_ent
         declared = {c.id for c in lab.checks}
         assert declared <= checkers, f"{lab.id}: lab.toml checks without a checker: {sorted(declared - checkers)}"
         assert checkers <= declared, f"{lab.id}: checkers without a lab.toml entry: {sorted(checkers - declared)}"
+
+
+def test_lab_toml_visibility_reaches_the_verdicts(tmp_path):
+    (tmp_path / "lab.toml").write_text('id = "lab-x"\nslug = "x"\ntitle = "X"\n'
+                                       '[[checks]]\nid = "a"\npoints = 1\n'
+                                       '[[checks]]\nid = "b"\npoints = 1\nvisibility = "hidden"\n')
+    lab = load_lab(tmp_path)
+    always = lambda history, **args: CheckResult.verdict(passed=True, message="fine", **args)  # noqa: E731
+    results = judge(lab, Scenario(Params(), [], {"a": Check(always), "b": Check(always)}), History())
+    assert [r.visibility for r in results] == ["public", "hidden"]
+    (tmp_path / "lab.toml").write_text('id = "lab-x"\nslug = "x"\ntitle = "X"\n'
+                                       '[[checks]]\nid = "a"\npoints = 1\nvisibility = "secret"\n')
+    with pytest.raises(Exception, match="visibility is 'public' or 'hidden'"):
+        load_lab(tmp_path)

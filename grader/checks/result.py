@@ -19,6 +19,7 @@ class CheckResult:
     duration: float = 0.0
     skipped: bool = False  # the grader could not offer this check here: it does not count either way
     errored: bool = False  # the check could not run (e.g. the service crashed): no points
+    visibility: str = "public"  # from lab.toml: "hidden" checks are shown to students after the due date
 
     @property
     def state(self) -> str:
