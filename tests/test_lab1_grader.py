@@ -30,7 +30,14 @@ def test_reference_passes_every_check_and_a_recheck_agrees(lab, tmp_path):
     assert_reference_passes_and_recheck_agrees(lab, tmp_path, RUNTIME)
 
 
-@pytest.mark.parametrize("mutant", sorted(p.parent for p in MUTANTS.glob("*/mutant.toml")), ids=lambda p: p.name)
+def mutants() -> list:
+    """Every mutant; one whose mutant.toml names a `grader_gap` is expected to slip through at times."""
+    return [pytest.param(path, id=path.name, marks=[pytest.mark.xfail(reason=f"grader gap: {gap}", strict=False)]
+                         if (gap := tomllib.loads((path / "mutant.toml").read_text()).get("grader_gap")) else [])
+            for path in sorted(p.parent for p in MUTANTS.glob("*/mutant.toml"))]
+
+
+@pytest.mark.parametrize("mutant", mutants())
 def test_mutant_fails_the_check_named_after_its_bug(lab, tmp_path, mutant):
     meta = tomllib.loads((mutant / "mutant.toml").read_text())
     report = grade(lab, mutant, RUNTIME, seed=7, out_dir=tmp_path)
