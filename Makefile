@@ -30,8 +30,9 @@ doctor: install
 labs: install
 	$(LABKIT) labs
 
-# Graded runs mostly wait (on faults, rejoins, quiesce): four workers keep 2 cores busy.
-TEST_WORKERS ?= 4
+# Graded runs mostly wait, but 7 at once (4 workers + the synthetic class grading 4) starved the 2 cores:
+# references failed their timing-bound checks. 3 workers + the class grading 2 keep ~4 runs at once.
+TEST_WORKERS ?= 3
 test: install
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
@@ -56,6 +57,8 @@ grade-%: install
 bench: install
 	$(BIN)/python -m tests.bench.lab1 $(ARGS)
 	$(BIN)/python -m tests.bench.lab2
+	$(BIN)/python -m tests.bench.lab3
+	$(BIN)/python -m tests.bench.lab4
 	$(BIN)/python -m tests.bench.otlp
 
 clean:

@@ -61,7 +61,9 @@ class Service:
         self.extra_env = dict(extra_env or {})
         self.supervised = True
         inherited = {} if self.sandbox else os.environ  # a sandbox allows the contract only
-        env = {**inherited, **self.env, **self.spec.env, **self.extra_env}
+        # lab.toml's env holds defaults (and names what a sandbox lets through); the run's own
+        # values (self.env: the contract, plus what a scenario sets) override them.
+        env = {**inherited, **self.spec.env, **self.env, **self.extra_env}
         # The crash hook (extra_env) goes first: a learner's own sitecustomize.py must not hide it
         # (ours chains to theirs). It already carries the inherited PYTHONPATH.
         env["PYTHONPATH"] = os.pathsep.join(

@@ -56,6 +56,8 @@ def run_live(lab: Lab, submission: Path, runtime: str, console: Console, rate: f
                       say=lambda m: console.print(f"[dim]· {m}[/]"), learner=True,
                       span_delay_ms=LIVE_SPAN_DELAY_MS)
         console.print(f"stack ready ({run.stack.runtime}); starting {', '.join(run.services)} from {submission}")
+        if hasattr(scenario, "before_start"):  # what the services need from the grader (e.g. lab 4's gateway)
+            scenario.before_start(run)
         for service in run.services.values():
             service.start()
         try:

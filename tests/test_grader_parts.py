@@ -143,3 +143,34 @@ def test_unknown_outcomes_are_retried_with_their_keys_once():
 
     Recorder(HttpWorkload("http://127.0.0.1:9", history), seed=1).retry_unknown(history)
     assert sent == [("k-?", {"customer_id": "c", "amount_cents": 2}, {"retry": True})]
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_load_that_gets_nothing_acknowledged_stops_the_run_and_says_why(monkeypatch):
+    """A submission whose API never acknowledges an order costs seconds, not a full run of faults."""
+    import grader.workloads.orders as orders
+    from grader.launch import ServiceFailed
+    from grader.scenario import Nemesis, PhaseContext
+
+    monkeypatch.setattr(orders, "GIVE_UP_AFTER_S", 0.5)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    history = History()
+    client = HttpWorkload(f"http://127.0.0.1:{server.server_port}", history, timeout=2)
+    ctx = PhaseContext(Nemesis(None, [], time.monotonic(), lambda f: 0), time.monotonic(), 60)
+    try:
+        with pytest.raises(ServiceFailed, match=r"acknowledged none of \d+ orders .* x 404"):
+            Orders(client, seed=1).load(ctx, orders=10_000, rate=200, concurrency=2)
+    finally:
+        client.close()
+        server.shutdown()

@@ -193,6 +193,31 @@ def test_db_commit_async_counts_transaction_blocks(native_stack, tmp_path):
         assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 4
 
 
+DEDUPE_THEN_WRITE = """
+    import sys, psycopg
+    url, table = sys.argv[1:]
+    with psycopg.connect(url) as conn:
+        for i in (1, 1, 1, 2, 3):  # a fresh id, then two duplicates skipped (nothing changed), then fresh ones
+            with conn.transaction():
+                conn.execute(f"INSERT INTO {table} (i) VALUES (%s) ON CONFLICT DO NOTHING", (i,))
+"""
+
+
+def test_db_commit_writes_only_skips_transactions_that_changed_nothing(native_stack, tmp_path):
+    """LABKIT_CRASH_WRITES=1 (HoldThenKill(writes_only=True)): a replayed record skipped as a duplicate
+    is not the fresh work a hold must land on; the 2nd commit that changed rows is the one for i=2."""
+    url = native_stack.namespace(prefix="crash").database_url
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (i int PRIMARY KEY)")
+    marker = tmp_path / "crash.json"
+    proc = run_crashing(DEDUPE_THEN_WRITE, "db-commit", "before", 2, marker, url, table,
+                        extra_env={"LABKIT_CRASH_WRITES": "1"})
+    assert_killed_at(proc, marker, "db-commit", "before", 2)
+    with psycopg.connect(url) as conn:
+        assert [r[0] for r in conn.execute(f"SELECT i FROM {table} ORDER BY i")] == [1]
+
+
 # --- crash points: RabbitMQ ---
 
 CONSUME_AND_BASIC_ACK = """

@@ -281,6 +281,33 @@ def test_killing_the_grader_leaves_nothing_of_the_run(tmp_path):
             proc.kill()
 
 
+PIKA_ROUND_TRIP = """
+    import os, pika
+    from services.common.http import json_app, serve
+    connection = pika.BlockingConnection(pika.URLParameters(os.environ["AMQP_URL"]))
+    channel = connection.channel()
+    channel.queue_declare(os.environ["LAB_NAMESPACE"] + ".q")
+    channel.basic_publish("", os.environ["LAB_NAMESPACE"] + ".q", b"hello")
+    method, _, body = channel.basic_get(os.environ["LAB_NAMESPACE"] + ".q", auto_ack=True)
+    print("round trip:", body.decode(), flush=True)
+    connection.close()
+    serve(json_app("pika-user"))
+"""
+
+
+def test_plain_pika_works_under_the_egress_filter(native_stack, run_env, sandbox_for, tmp_path):
+    """pika's I/O loop wakes itself through a loopback TCP socket pair the filter would refuse; the
+    sandbox's sitecustomize gives it a Unix one, so a learner's plain pika code works as under check."""
+    submission = tmp_path / "pika_user"
+    (submission / "order_api").mkdir(parents=True)
+    (submission / "order_api" / "__main__.py").write_text(textwrap.dedent(PIKA_ROUND_TRIP))
+    box = sandbox_for(submission)
+    if box.egress is None:
+        pytest.skip("no nftables here: the egress filter is off")
+    service = start(box, submission, run_env.env(), tmp_path / "logs")
+    assert "round trip: hello" in log_of(service), log_of(service)[-2000:]
+
+
 def test_the_egress_allow_list_comes_from_the_contract():
     env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9101,localhost:9102", "DATABASE_URL": "postgresql://a:b@127.0.0.1:5501/a",
            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "PORT": "8123", "LAB_NAMESPACE": "lab1_abc123",

@@ -137,7 +137,8 @@ def _grade_once(lab: Lab, sub: Submission, folder: Path, out_dir: Path, opts: Op
         argv += ["--seed", str(opts.seed)]
     if opts.isolated:
         argv.append("--isolated")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
+           "LABKIT_BATCH_PID": str(os.getpid())}  # the worker stops itself once this process is gone
     with open(out_dir / "worker.log", "w") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=REPO_ROOT)

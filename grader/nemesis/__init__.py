@@ -4,6 +4,8 @@ Services:  Kill, CrashPoint, HoldThenKill, Pause, Stall                    (proc
 Servers:   RestartServer                                             (servers.py)
 Network:   Cut, OneWayCut, Delay, ResetConnections (through a proxy) (network.py)
 Topics:    Duplicates                                                (duplicates.py)
+Database:  HoldReads, SlowReads: a PostgreSQL tap on the proxy holds or slows the answers to the
+           statements naming a key, and counts them per key              (pgwire.py)
 """
 from .base import Fault, Need, Target, fault_events, happened, why_not
 from .duplicates import Duplicates

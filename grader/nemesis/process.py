@@ -120,12 +120,15 @@ class _ArmedKill(ServiceFault):
         return (Path(run.out_dir) / f"crash-{self.target}-{self.id}.json").resolve()
 
     after_s = 0.0  # count only calls made this long after the process started
+    writes_only = False  # db-commit: count only commits of transactions that changed rows (fresh work)
 
     def arm_env(self, run: Target) -> dict[str, str]:
         """The env that arms a life of the service for this fault (also used to pre-arm it)."""
         env = crash_env(self.point, self.when, self.nth, self.marker(run))
         if self.after_s:
             env["LABKIT_CRASH_AFTER_S"] = str(self.after_s)
+        if self.writes_only:
+            env["LABKIT_CRASH_WRITES"] = "1"
         return env
 
     def armed(self, run: Target) -> bool:
@@ -249,10 +252,12 @@ class HoldThenKill(_ArmedKill):
     when = "hold"
 
     def __init__(self, service: str, point: str, nth: int = 1, hold: float = 7.0,
-                 fallback_after: float = 30.0, restart: bool = True, after_s: float = 0.0) -> None:
+                 fallback_after: float = 30.0, restart: bool = True, after_s: float = 0.0,
+                 writes_only: bool = False) -> None:
         super().__init__(service, point, nth, fallback_after + after_s, restart)
         self.hold_seconds = hold
         self.after_s = after_s  # e.g. past the replay after a restart: hold on fresh work
+        self.writes_only = writes_only  # ... and never on a replayed record skipped as a duplicate
         self._bound = fallback_after + after_s + hold
 
     def _reached(self, svc: "Service", proc: "ServerProcess", reached: dict) -> None:
@@ -266,6 +271,7 @@ class HoldThenKill(_ArmedKill):
 
     def describe(self) -> str:
         since = f" (counting from {self.after_s:g} s after its start)" if self.after_s else ""
+        since += " (counting only transactions that changed rows)" if self.writes_only else ""
         return (f"hold {self.target} just before its {self._point()}{since}{self._pid()} for "
                 f"{self.hold_seconds:g} s (its other threads running), then SIGKILL{self._fallback()}")
 

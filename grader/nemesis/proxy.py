@@ -30,6 +30,9 @@ class TcpProxy:
         self._drop_responses = False
         self._lost: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()  # lost responses
         self._delay = 0.0
+        # A protocol tap (e.g. grader/nemesis/pgwire.PgTap): sees each connection's client bytes and
+        # may hold that connection's next answer. None: a raw byte proxy, as before.
+        self.tap = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task] = set()
         self._loop = asyncio.new_event_loop()
@@ -143,8 +146,9 @@ class TcpProxy:
                 return
             self.connections_total += 1
             self._pairs.add(pair)
-            await asyncio.gather(self._pipe(reader, up_writer, "bytes_up", pair),
-                                 self._pipe(up_reader, writer, "bytes_down", pair))
+            tapped = self.tap.connection() if self.tap is not None else None
+            await asyncio.gather(self._pipe(reader, up_writer, "bytes_up", pair, tapped),
+                                 self._pipe(up_reader, writer, "bytes_down", pair, tapped))
             self._pairs.discard(pair)
             self._lost.discard(pair)
             for w in pair:
@@ -157,7 +161,7 @@ class TcpProxy:
             self._tasks.discard(task)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, counter: str,
-                    pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter]) -> None:
+                    pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter], tapped=None) -> None:
         """One direction. A receiver stamps each chunk with its due time, so a delay adds latency
         without serialising the chunks; EOF is passed on as a half close, a reset as a reset."""
         chunks: asyncio.Queue = asyncio.Queue(QUEUED_CHUNKS)
@@ -165,6 +169,8 @@ class TcpProxy:
         async def receive() -> None:
             try:
                 while data := await reader.read(CHUNK):
+                    if tapped is not None and counter == "bytes_up":
+                        tapped.client_bytes(data)  # before forwarding: a hold is set before the answer exists
                     await chunks.put((self._loop.time() + self._delay, data))
                 await chunks.put((0.0, b""))
             except (ConnectionError, OSError):
@@ -186,6 +192,8 @@ class TcpProxy:
                     return
                 if (wait := due - self._loop.time()) > 0:
                     await asyncio.sleep(wait)
+                if tapped is not None and counter == "bytes_down":
+                    await tapped.before_answer()
                 if self._cut or writer.is_closing():
                     return
                 if self._drop_responses and counter == "bytes_down":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from .base import Fault, Need, Target
 
@@ -25,7 +26,8 @@ class RestartServer(Fault):
     kind = "restart-server"
 
     def __init__(self, kind: str, mode: str = "immediate", down: float = 0.0, keep_data: bool = True,
-                 timeout: float = 90.0, checkpoint_url: str | None = None) -> None:
+                 timeout: float = 90.0, checkpoint_url: str | None = None,
+                 then: "Callable[[Target], None] | None" = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode is one of {', '.join(MODES)}")
         super().__init__(kind)
@@ -34,6 +36,9 @@ class RestartServer(Fault):
         # without one, a crash puts every slot back, and a relay that confirmed too early is hidden
         # behind the re-send. CHECKPOINT first, then crash, so the slot keeps what it was told.
         self.checkpoint_url = checkpoint_url
+        # Run once the server answers again, before the fault ends: e.g. a server that lost its data
+        # (Redis without persistence) gets the run's ACL user back - a restart, not a revoked login.
+        self.then = then
         self._shut = False
 
     def needs(self) -> list[Need]:
@@ -68,6 +73,8 @@ class RestartServer(Fault):
         server = run.stack.servers[self.target]
         server.start_again(self.timeout)  # raises unless it answers a real request
         self._shut = False
+        if self.then is not None:
+            self.then(run)
         self.detail["pids_after"] = pids = server.pids()
         self.detail["down_seconds"] = round(time.monotonic() - self._t_down, 3)
         self.effective = bool(pids) and pids != self.detail["pids_before"]

@@ -37,8 +37,14 @@ COMMON = REPO_ROOT / "services" / "common"
 
 # What a service may be told (DESIGN.md, "The service contract"), plus what the grader itself sets.
 CONTRACT_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL", "AMQP_URL",
-                 "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "LAB_NAMESPACE")
-GRADER_VARS = ("LABKIT_CRASH", "LABKIT_CRASH_MARKER", "PYTHONUNBUFFERED")
+                 "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "LAB_NAMESPACE",
+                 # the OTel SDK's own settings the grader hands over: without the long batch delay, spans
+                 # would be exported before a SIGTERM and a service that never flushes would pass
+                 "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_EXPORTER", "OTEL_BSP_SCHEDULE_DELAY")
+# the crash site's settings (grader/nemesis/crashsite): without them a hold would count from the
+# process's start (onto a replay) and a stall would last its default
+GRADER_VARS = ("LABKIT_CRASH", "LABKIT_CRASH_MARKER", "LABKIT_CRASH_AFTER_S", "LABKIT_CRASH_WRITES",
+               "LABKIT_STALL_SECONDS", "PYTHONUNBUFFERED")
 MARKER_VAR = "LABKIT_CRASH_MARKER"
 MARKER_MAX_BYTES = 64 * 1024
 
@@ -429,6 +435,7 @@ def _build_site(site: Path, expose: tuple[str, ...] = ()) -> None:
     (site / "services" / "__init__.py").write_text("")
     for package in ("common", *expose):
         shutil.copytree(COMMON.parent / package, site / "services" / package)  # with its bytecode: copy2 keeps mtimes
+    shutil.copy2(Path(__file__).with_name("sitecustomize.py"), site / "sitecustomize.py")  # pika under the egress filter
     for folder, _, files in os.walk(site):
         os.chmod(folder, 0o755)
         for name in files:

@@ -63,13 +63,14 @@ class HttpWorkload:
     """A thread-safe client: each request is an operation (invoke + ok/fail/info) in the history."""
 
     def __init__(self, base_url: str, history: History, actor: str = "client", timeout: float = 20,
-                 seed: int = 0, secret: str | None = None) -> None:
+                 seed: int = 0, secret: str | None = None, max_connections: int = 100) -> None:
         self.base_url = base_url
         self.history = history
         self.actor = actor
         self.timeout = timeout
         self.secret = secret
-        self._client = httpx.Client(base_url=base_url, timeout=timeout)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=min(max_connections, 20))
+        self._client = httpx.Client(base_url=base_url, timeout=timeout, limits=limits)
         self._ids = random.Random(seed ^ 0x7A11)  # trace ids: replayable with the seed, unique per request
         self._lock = threading.Lock()
 

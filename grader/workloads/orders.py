@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from ..history import History
+from ..launch import ServiceFailed
 from .http import HttpWorkload, Reply
+
+# A load that got no order acknowledged for this long cannot prove anything that needs one: the run
+# stops there (every check that needs the load is an ERROR saying why) instead of playing its faults
+# against an API that never works - a broken submission costs seconds, not a full run.
+GIVE_UP_AFTER_S = 30.0
 
 if TYPE_CHECKING:
     from ..runner import Run
@@ -38,6 +44,8 @@ class Orders:
         self.rng = random.Random(seed)
         self.customers, self.retry_rate, self.cancel_rate = customers, retry_rate, cancel_rate
         self._lock = threading.Lock()
+        self.acknowledged = 0  # place requests answered 2xx (a progress gauge; verdicts read the history)
+        self.statuses: dict[int, int] = {}  # how place requests were answered (0: no answer)
 
     def key(self) -> str:
         with self._lock:
@@ -56,7 +64,11 @@ class Orders:
 
     # --- operations ------------------------------------------------------------------------
     def place(self, key: str | None, body: dict, **meta) -> Reply:
-        return self.client.send("place", "POST", "/orders", key=key, body=body, **meta)
+        reply = self.client.send("place", "POST", "/orders", key=key, body=body, **meta)
+        with self._lock:
+            self.acknowledged += reply.ok
+            self.statuses[reply.status] = self.statuses.get(reply.status, 0) + 1
+        return reply
 
     def cancel(self, order_id: str, key: str, **meta) -> Reply:
         return self.client.send("cancel", "POST", f"/orders/{order_id}/cancel", key=key, body={}, **meta)
@@ -72,15 +84,25 @@ class Orders:
     # --- steps -----------------------------------------------------------------------------
     def load(self, ctx: "PhaseContext", orders: int, rate: float, concurrency: int) -> int:
         """At least `orders` plans at about `rate` per second, and on until the phase's nemesis is
-        through (or the phase is out of time). Returns how many plans were played."""
+        through (or the phase is out of time). Returns how many plans were played. Raises
+        ServiceFailed when no order was acknowledged in its first GIVE_UP_AFTER_S seconds."""
         sent, started, pace = 0, time.monotonic(), threading.Event()
+        acked_before = self.acknowledged
         with ThreadPoolExecutor(concurrency) as pool:
             while (sent < orders or not ctx.nemesis_done()) and not ctx.out_of_time():
                 wave = [self.plan() for _ in range(concurrency * 2)]
                 list(pool.map(self.play, wave))
                 sent += len(wave)
+                if self.acknowledged == acked_before and time.monotonic() - started > GIVE_UP_AFTER_S:
+                    raise ServiceFailed(self._no_progress(sent, time.monotonic() - started))
                 pace.wait(max(0.0, started + sent / rate - time.monotonic()))  # hold the rate
         return sent
+
+    def _no_progress(self, sent: int, seconds: float) -> str:
+        answers = ", ".join(f"{n} x {status or 'no answer'}" for status, n in sorted(self.statuses.items()))
+        return (f"the API acknowledged none of {sent} orders in {seconds:.0f} s of load (answers: {answers}); "
+                f"the faults and checks that follow need acknowledged orders, so the run stopped here "
+                f"(try POST /orders by hand, and read the service's log)")
 
     def burst(self, count: int, then: Callable[[], None] | None = None, after: float = 1.5,
               **meta) -> list[OrderPlan]:

@@ -16,7 +16,8 @@ from grader.stack import StackError, make_stack
 from grader.wait import wait_until
 from tests.docker.conftest import labkit_containers
 from tests.roundtrips import ROUNDTRIPS
-from tests.test_lab1_grader import MUTANTS, summary
+from tests.grading import summary
+from tests.test_synthetic_class import MUTANTS
 
 
 @pytest.fixture(scope="module")

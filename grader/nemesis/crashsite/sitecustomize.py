@@ -92,7 +92,7 @@ def _install(spec: str) -> None:
     if point in ("consumer-ack", "producer-flush", "producer-produce"):
         _kafka(point, wrap)
     elif point == "db-commit":
-        _psycopg(wrap, awrap)
+        _psycopg(wrap, awrap, writes_only=os.environ.get("LABKIT_CRASH_WRITES") == "1")
     elif point == "amqp-ack":
         _pika(wrap)
     elif point == "slot-advance":
@@ -121,28 +121,72 @@ def _kafka(point, wrap) -> None:
             setattr(python_class, name, wrap(getattr(python_class, name)))
 
 
-def _psycopg(wrap, awrap) -> None:
+def _psycopg(wrap, awrap, writes_only=False) -> None:
     """A commit is: Connection.commit() with a transaction open (also what `with connect() as conn`
     and `with pool.connection()` call on exit), or leaving an outermost `with conn.transaction()`
-    block without an error. Sync and async connections alike."""
+    block without an error. Sync and async connections alike. writes_only (LABKIT_CRASH_WRITES=1):
+    only commits of transactions that changed rows count - fresh work, not a replay a consumer
+    skips as a duplicate (its INSERT ... ON CONFLICT DO NOTHING changes nothing)."""
     try:
         import psycopg
         from psycopg.pq import ConnStatus, TransactionStatus
     except ImportError:
         return
 
+    def wrote(conn) -> bool:
+        return not writes_only or getattr(conn, "_labkit_wrote", False)
+
     def commits(conn, *args, **kwargs) -> bool:
         return (conn.pgconn.transaction_status != TransactionStatus.IDLE
-                and not getattr(conn, "_num_transactions", 0) and not getattr(conn, "_tpc", None))
+                and not getattr(conn, "_num_transactions", 0) and not getattr(conn, "_tpc", None) and wrote(conn))
 
     def tx_commits(tx, exc_type=None, *args, **kwargs) -> bool:
         return (exc_type is None and getattr(tx, "_outer_transaction", False)
-                and not getattr(tx, "force_rollback", False) and tx.pgconn.status == ConnStatus.OK)
+                and not getattr(tx, "force_rollback", False) and tx.pgconn.status == ConnStatus.OK
+                and wrote(tx.connection))
 
     psycopg.Connection.commit = wrap(psycopg.Connection.commit, commits)
     psycopg.Transaction.__exit__ = wrap(psycopg.Transaction.__exit__, tx_commits)
     psycopg.AsyncConnection.commit = awrap(psycopg.AsyncConnection.commit, commits)
     psycopg.AsyncTransaction.__aexit__ = awrap(psycopg.AsyncTransaction.__aexit__, tx_commits)
+    if writes_only:
+        _track_writes(psycopg, TransactionStatus)
+
+
+def _track_writes(psycopg, TransactionStatus) -> None:
+    """Mark a connection whose open transaction changed rows (reset when a new one begins)."""
+    import functools
+
+    def starting(cursor) -> None:
+        conn = cursor.connection
+        if conn.pgconn.transaction_status == TransactionStatus.IDLE:
+            conn._labkit_wrote = False
+
+    def changed(cursor) -> None:
+        verb = (cursor.statusmessage or "").split(" ", 1)[0]
+        if verb in ("INSERT", "UPDATE", "DELETE", "MERGE", "COPY") and (cursor.rowcount or 0) > 0:
+            cursor.connection._labkit_wrote = True
+
+    for cls, name in ((psycopg.Cursor, "execute"), (psycopg.Cursor, "executemany")):
+        def make(fn):
+            @functools.wraps(fn)
+            def tracked(cursor, *args, **kwargs):
+                starting(cursor)
+                result = fn(cursor, *args, **kwargs)
+                changed(cursor)
+                return result
+            return tracked
+        setattr(cls, name, make(getattr(cls, name)))
+    for cls, name in ((psycopg.AsyncCursor, "execute"), (psycopg.AsyncCursor, "executemany")):
+        def amake(fn):
+            @functools.wraps(fn)
+            async def tracked(cursor, *args, **kwargs):
+                starting(cursor)
+                result = await fn(cursor, *args, **kwargs)
+                changed(cursor)
+                return result
+            return tracked
+        setattr(cls, name, amake(getattr(cls, name)))
 
 
 def _slot_advance(wrap, awrap) -> None:

@@ -1,0 +1,351 @@
+"""Checkers for lab 4 (payments through RabbitMQ), pure functions of the history.
+
+What they read (all the grader's own records, never a service's word):
+- operations f="pay": what the client was told (grader/workloads/payments.py), and the plan of
+  each payment at the gateway (observe what="payment-plan": fail_first, poison, slow);
+- observe what="gateway-call": every call the worker made to the grader's gateway, timed by the
+  grader (grader/workloads/gateway.py);
+- observe what="charges": the rows of the `charges` table as the grader read them;
+- observe what="amqp-channels" / "amqp-consumers" / "amqp-dlq" / "amqp-broker-log":
+  the broker's view (grader/observe/amqp.py).
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Callable, Sequence
+
+from ..history import History, Op
+from ..nemesis import fault_events
+from ..observe.amqp import BROKER_LOG, CHANNELS, CONSUMERS, DLQ
+from ..workloads.gateway import CALL
+from ..workloads.payments import accepted, plans
+from .generic import check_lost
+from .orders import fault_after
+from .result import CheckResult
+
+CHARGES = "charges"  # observe: rows [payment_id, amount_cents]
+SERVICE_FAULTS = ("kill", "crash-point", "hold-then-kill", "pause", "restart-server", "cut", "reset")
+
+
+def charges(history: History) -> tuple[Counter, dict] | None:
+    seen = history.last_observation(CHARGES)
+    if seen is None or seen.get("error"):
+        return None
+    rows = seen.get("rows", [])
+    return Counter(str(p) for p, _ in rows), {str(p): a for p, a in rows}
+
+
+def unreadable(history: History, **args) -> CheckResult | None:
+    seen = history.last_observation(CHARGES)
+    if seen is None:
+        return CheckResult.error(message="the charges table was never read (the run did not get there)", **args)
+    if seen.get("error"):
+        return CheckResult.error(message=f"could not read the charges table: {seen['error']}", **args)
+    return None
+
+
+def gateway_calls(history: History) -> dict[str, list[dict]]:
+    calls: dict[str, list[dict]] = defaultdict(list)
+    for e in history.observations(CALL):
+        calls[e.data["payment_id"]].append(e.data)
+    for found in calls.values():
+        found.sort(key=lambda c: c["t_start"])
+    return calls
+
+
+def _op(op: Op) -> str:
+    retry = ", a retry" if op.invoke.get("retry") else ""
+    return f"request #{op.id}{retry}, key {op.invoke.get('key')}, {op.result.get('status')} at t={op.t_complete:.1f}s"
+
+
+def _calls(found: list[dict]) -> str:
+    return ", ".join(f"{c['status']} at t={c['t_start']:.1f}s" for c in found) or "none"
+
+
+def overlapping_faults(history: History, t0: float, t1: float, kinds: Sequence[str] = SERVICE_FAULTS) -> list[dict]:
+    return [f for f in fault_events(history) if f["effective"] and f["fault"] in kinds and f["start"] is not None
+            and f["start"] <= t1 + 1.0 and (f["end"] or t1) >= t0 - 1.0]
+
+
+def check_no_double_charge(history: History, **args) -> CheckResult:
+    """At most one charge row per payment id, for the amount requested; redeliveries absorbed."""
+    if (bad := unreadable(history, **args)) is not None:
+        return bad
+    rows, amounts = charges(history)
+    calls = gateway_calls(history)
+    requested = {}
+    for op in history.ops("pay"):
+        body = op.invoke.get("body")
+        if isinstance(body, dict):
+            requested.setdefault(str(body.get("payment_id")), body.get("amount_cents"))
+    evidence = []
+    for payment_id, n in sorted(rows.items()):
+        if n > 1:
+            first = calls.get(payment_id, [{}])[0].get("t_start")
+            evidence.append(f"payment {payment_id} charged {n} times (gateway calls: {_calls(calls.get(payment_id, []))})"
+                            f"{fault_after(history, first)}")
+    evidence += [f"payment {p}: charged {a} cents, requested {requested[p]}" for p, a in sorted(amounts.items())
+                 if p in requested and a != requested[p]]
+    evidence += [f"payment {p} charged but never requested" for p in sorted(rows) if p not in requested]
+    redelivered = sum(max(0, len(found) - 1) for p, found in calls.items() if rows.get(p) == 1)
+    if evidence:
+        bit = Counter(f"{f['fault']} of {f['target']}" for f in fault_events(history) if f["effective"])
+        evidence.append("faults that redeliver in this run: " + (", ".join(f"{k} x{n}" for k, n in sorted(bit.items()))
+                                                                 or "none"))
+        return CheckResult.verdict(passed=False, message=f"{sum(1 for n in rows.values() if n > 1)} payment(s) charged "
+                                   f"more than once", evidence=evidence, **args)
+    return CheckResult.verdict(passed=True, message=f"{len(rows)} payments charged, each once; {redelivered} repeated "
+                               f"gateway call(s) (retries, redeliveries) became no second charge", **args)
+
+
+def check_no_lost_payment(history: History, **args) -> CheckResult:
+    """Every payment answered 2xx (the broker confirmed it) is charged - unless it is poison, which
+    belongs in the dead-letter queue (judged by poison-to-dlq)."""
+    if (bad := unreadable(history, **args)) is not None:
+        return bad
+    rows, _ = charges(history)
+    poison = {p for p, plan in plans(history).items() if plan.get("poison")}
+    acked = {p: op for p, op in accepted(history).items() if p not in poison}
+    result = check_lost(acknowledged={p: f"{_op(op)}{fault_after(history, op.t_complete)}" for p, op in acked.items()},
+                        applied=set(rows), **args)
+    if result.passed:
+        result.message = f"all {len(acked)} accepted payments charged"
+    return result
+
+
+def _x_death(message: dict) -> list[dict]:
+    deaths = (message.get("headers") or {}).get("x-death") or []
+    return [d for d in deaths if isinstance(d, dict)]
+
+
+def check_poison_to_dlq(max_attempts: int, work_queue: Callable[[History], str]):
+    """A checker: each accepted poison payment (the gateway refuses it every time) is in the
+    dead-letter queue, rejected from the work queue (x-death reason "rejected"), after at most
+    `max_attempts` gateway calls, never charged; and other payments were charged meanwhile."""
+    def check(history: History, **args) -> CheckResult:
+        if (bad := unreadable(history, **args)) is not None:
+            return bad
+        dlq = history.last_observation(DLQ)
+        if dlq is None or dlq.get("error"):
+            return CheckResult.error(message=f"the dead-letter queue was not read: {(dlq or {}).get('error')}", **args)
+        poison = {p for p, plan in plans(history).items() if plan.get("poison")}
+        judged = {p: op for p, op in accepted(history).items() if p in poison}
+        if not judged:
+            return CheckResult.error(message="no poison payment was accepted (the run did not get there)", **args)
+        rows, _ = charges(history)
+        calls = gateway_calls(history)
+        in_dlq: dict[str, list[dict]] = defaultdict(list)
+        for m in dlq.get("messages", []):
+            in_dlq[str(m.get("payment_id"))].append(m)
+        queue = work_queue(history)
+        evidence = []
+        for p in sorted(judged):
+            made = calls.get(p, [])
+            where = f"gateway calls: {len(made)} ({_calls(made)[:200]})"
+            if rows.get(p):
+                evidence.append(f"poison payment {p} was charged ({where})")
+            if len(made) > max_attempts:
+                evidence.append(f"poison payment {p}: {len(made)} attempts, at most {max_attempts} allowed ({where})")
+            if not in_dlq.get(p):
+                evidence.append(f"poison payment {p} is not in the dead-letter queue {dlq.get('queue')} ({where})")
+                continue
+            deaths = [d for m in in_dlq[p] for d in _x_death(m)]
+            if not any(d.get("reason") == "rejected" and d.get("queue") == queue for d in deaths):
+                shown = [(d.get("reason"), d.get("queue"), d.get("count")) for d in deaths]
+                evidence.append(f"poison payment {p} dead-lettered with x-death {shown or 'missing'}, expected reason "
+                                f"'rejected' from {queue} (basic_reject with requeue=False)")
+        first = min((c["t_start"] for p in judged for c in calls.get(p, [])), default=None)
+        others = sum(1 for p, found in calls.items() if p not in poison
+                     for c in found if c["status"] == 200 and first is not None and c["t_start"] > first)
+        if first is not None and not others:
+            evidence.append("no other payment was charged after the first poison payment arrived: the queue stalled")
+        if evidence:
+            return CheckResult.verdict(passed=False, message=f"{len(evidence)} problem(s) with {len(judged)} poison "
+                                       f"payments", evidence=evidence, **args)
+        return CheckResult.verdict(passed=True, message=f"{len(judged)} poison payments rejected into the dead-letter "
+                                   f"queue after at most {max_attempts} attempts; {others} other charges meanwhile",
+                                   **args)
+    return check
+
+
+def check_retry_backoff(delays: Sequence[float], tolerance: float = 0.9):
+    """A checker: each accepted payment planned to fail k times at the gateway (503) is attempted
+    again after gaps of at least the configured delays, and charged once. Payments whose attempts
+    overlapped a crash or a broker fault are not judged (a redelivery is no retry)."""
+    def check(history: History, **args) -> CheckResult:
+        if (bad := unreadable(history, **args)) is not None:
+            return bad
+        rows, _ = charges(history)
+        calls = gateway_calls(history)
+        transient = {p: plan for p, plan in plans(history).items() if plan.get("fail_first") and not plan.get("poison")}
+        acked = accepted(history)
+        evidence, judged, skipped = [], 0, 0
+        for p, plan in sorted(transient.items()):
+            if p not in acked:
+                continue
+            made = calls.get(p, [])
+            k = int(plan["fail_first"])
+            if made and overlapping_faults(history, made[0]["t_start"], made[-1]["t_end"] + 5):
+                skipped += 1
+                continue
+            judged += 1
+            if len(made) < k + 1:
+                evidence.append(f"payment {p}: failed {k} times by plan, but only {len(made)} gateway call(s) "
+                                f"({_calls(made)}); not retried until it succeeded")
+                continue
+            for i in range(k):
+                gap = made[i + 1]["t_start"] - made[i]["t_end"]
+                want = delays[min(i, len(delays) - 1)]
+                if gap < tolerance * want:
+                    evidence.append(f"payment {p}: attempt {i + 2} came {gap:.2f} s after attempt {i + 1} failed "
+                                    f"(503); the delay before it is {want:g} s ({_calls(made)})")
+                    break
+            if rows.get(p, 0) != 1:
+                evidence.append(f"payment {p}: charged {rows.get(p, 0)} times after {len(made)} attempts")
+        if not judged:
+            return CheckResult.error(message=f"no retried payment could be judged ({skipped} overlapped faults)", **args)
+        if evidence:
+            return CheckResult.verdict(passed=False, message=f"{len(evidence)} of {judged} retried payments did not back "
+                                       f"off as configured", evidence=evidence, **args)
+        return CheckResult.verdict(passed=True, message=f"{judged} payments retried after gaps >= "
+                                   f"{', '.join(f'{d:g}' for d in delays)} s and charged once", **args)
+    return check
+
+
+def check_prefetch(limit: int, work_queue: Callable[[History], str]):
+    """A checker: every sampled channel consuming the work queue has a prefetch bound (1..limit)
+    and never more unacked deliveries than it; its consumers use manual acks."""
+    def check(history: History, **args) -> CheckResult:
+        queue = work_queue(history)
+        consumers = [c for e in history.observations(CONSUMERS) for c in e.data.get("consumers", [])
+                     if c.get("queue") == queue]
+        if not consumers:
+            return CheckResult.error(message=f"no consumer of {queue} was ever seen by the broker", **args)
+        consuming = {c["channel"] for c in consumers}
+        samples = [(e.t, ch) for e in history.observations(CHANNELS) for ch in e.data.get("channels", [])
+                   if ch.get("consumers")]
+        evidence = []
+        auto = {c["channel"] for c in consumers if not c.get("ack_required")}
+        if auto:
+            evidence.append(f"{len(auto)} consumer(s) of {queue} with automatic acks (no_ack): a message counts as "
+                            f"delivered when it is sent, and a crash loses every one in flight - and the prefetch "
+                            f"bound does not apply")
+        for t, ch in samples:
+            if ch["pid"] not in consuming and ch["consumers"] == 0:
+                continue
+            if ch["prefetch"] == 0:
+                evidence.append(f"t={t:.1f}s channel {ch['pid']}: no prefetch bound (prefetch_count 0), "
+                                f"{ch['unacked']} unacked")
+            elif ch["prefetch"] > limit:
+                evidence.append(f"t={t:.1f}s channel {ch['pid']}: prefetch_count {ch['prefetch']} > {limit}")
+            elif ch["unacked"] > ch["prefetch"]:
+                evidence.append(f"t={t:.1f}s channel {ch['pid']}: {ch['unacked']} unacked > prefetch {ch['prefetch']}")
+        peak = max((ch["unacked"] for _, ch in samples), default=0)
+        if evidence:
+            return CheckResult.verdict(passed=False, message=f"{len(evidence)} sample(s) without a working prefetch bound",
+                                       evidence=evidence, **args)
+        return CheckResult.verdict(passed=True, message=f"{len(samples)} channel samples: prefetch in 1..{limit}, at most "
+                                   f"{peak} unacked; {len(consumers)} consumer sightings, manual acks", **args)
+    return check
+
+
+def check_heartbeats(heartbeat: float):
+    """A checker: each accepted payment whose gateway call takes longer than two heartbeat
+    intervals (a long job) is attempted once, and the broker's log shows no connection closed for
+    missed heartbeats while it ran: the connection survived and its ack was taken. (A worker that
+    recorded the charge before losing the connection acks the redelivery without a second call:
+    the broker's log is then the evidence.)"""
+    def check(history: History, **args) -> CheckResult:
+        if (bad := unreadable(history, **args)) is not None:
+            return bad
+        rows, _ = charges(history)
+        calls = gateway_calls(history)
+        slow = {p: plan for p, plan in plans(history).items() if plan.get("slow")}
+        acked = accepted(history)
+        seen_log = history.last_observation(BROKER_LOG) or {}
+        log_lines = seen_log.get("lines", [])
+        closed_at = [(t, line) for t, line in zip(seen_log.get("at", []), log_lines) if t is not None]
+        evidence, judged, skipped = [], 0, 0
+        for p, plan in sorted(slow.items()):
+            made = calls.get(p, [])
+            if p not in acked or not made:
+                continue
+            if overlapping_faults(history, made[0]["t_start"], made[0]["t_end"] + 3):
+                skipped += 1
+                continue
+            judged += 1
+            took = made[0]["t_end"] - made[0]["t_start"]
+            lost = [line for t, line in closed_at if made[0]["t_start"] <= t <= made[0]["t_end"] + 3]
+            if len(made) > 1:
+                evidence.append(f"payment {p}: its job took {took:.1f} s (> 2 heartbeats of {heartbeat:g} s) and it was "
+                                f"delivered again: gateway calls {_calls(made)} - the connection was lost while the "
+                                f"job ran")
+            elif lost:
+                evidence.append(f"payment {p}: while its job ran ({took:.1f} s from t={made[0]['t_start']:.1f}s) the broker "
+                                f"closed a connection for missed heartbeats (heartbeat {heartbeat:g} s): {lost[0]}")
+            elif rows.get(p, 0) != 1:
+                evidence.append(f"payment {p}: the long job ran once but the payment is charged {rows.get(p, 0)} times")
+        if not judged:
+            return CheckResult.error(message=f"no long job could be judged ({skipped} overlapped faults)", **args)
+        if evidence:
+            return CheckResult.verdict(passed=False, message=f"{len(evidence)} long job(s) cost their connection",
+                                       evidence=evidence, **args)
+        return CheckResult.verdict(passed=True, message=f"{judged} jobs longer than 2 heartbeat intervals "
+                                   f"({2 * heartbeat:g} s) acked on their first delivery", **args)
+    return check
+
+
+# --- traces ------------------------------------------------------------------------------------
+
+def queue_trace_check(api: str, worker: str, secret_of: Callable[[History], list[str]]):
+    """The `traces` check for a publisher -> queue -> worker chain: `api`'s SERVER span -> its
+    PRODUCER span (publish) -> `worker`'s CONSUMER span (process; by parent or link), per traced
+    payment; every attempt of a retried payment is another CONSUMER span in the same trace; a
+    dead-lettered payment has a CONSUMER span with status ERROR; dead-lettered messages still carry
+    their PRODUCER span's traceparent; conventions; no secret; spans flushed on SIGTERM."""
+    from ..otlp import spans_from_history
+    from ..report.waterfall import faults_in_span_clock
+    from ..traces import (ExpectedError, RecordHeader, Redelivery, Sel, Step, check_connected_traces,
+                          check_error_status, check_no_secret_leaks, check_redelivery, check_semantic_conventions,
+                          check_spans_after_shutdown, check_trace_headers, combine)
+    from .tracing import traced_operations, wall_t0_ns
+
+    chain = [Step(service=api, kind="SERVER"), Step(service=api, kind="PRODUCER"),
+             Step(service=worker, kind="CONSUMER", via_link=True)]
+
+    def check(history: History, **args) -> CheckResult:
+        spans = spans_from_history(history)
+        faults = faults_in_span_clock(fault_events(history), wall_t0_ns(history))
+        ops = traced_operations(history)
+        if not ops:
+            return CheckResult.error(message="no traced payment was accepted (the run did not get there)", **args)
+        sub = {"max_points": args["max_points"]}
+        plan = plans(history)
+        traced = {str(op.invoke.get("payment_id")): op.invoke["trace_id"] for op in history.ops("pay")
+                  if op.invoke.get("probe") == "trace" and op.type == "ok"}
+        retried = [Redelivery(f"payment {p} (failed {plan[p]['fail_first']} times, then charged)", t,
+                              deliveries=int(plan[p]["fail_first"]) + 1)
+                   for p, t in traced.items() if plan.get(p, {}).get("fail_first") and not plan[p].get("poison")]
+        errors = [ExpectedError(f"poison payment {p} (dead-lettered)", t, Sel(service=worker, kind="CONSUMER"))
+                  for p, t in traced.items() if plan.get(p, {}).get("poison")]
+        dlq = history.last_observation(DLQ) or {}
+        headers = [RecordHeader(f"dead-lettered message of payment {m.get('payment_id')}",
+                                (m.get("headers") or {}).get("traceparent"), traced[str(m.get("payment_id"))])
+                   for m in dlq.get("messages", []) if str(m.get("payment_id")) in traced]
+        results = [
+            check_connected_traces(spans, ops, chain, faults=faults, title="one connected trace per payment", **sub),
+            check_trace_headers(spans, headers, faults=faults, title="messages carry their PRODUCER span's context",
+                                **sub),
+            check_semantic_conventions(spans, services=[api, worker], title="span kinds and attributes",
+                                       required=chain, **sub),
+            check_redelivery(spans, retried, consumer=Sel(service=worker, kind="CONSUMER"), faults=faults,
+                             title="every attempt of a retried payment is a CONSUMER span in its trace", **sub),
+            check_error_status(spans, errors, faults=faults, title="the dead-lettered attempt has an ERROR span", **sub),
+            check_no_secret_leaks(spans, secret_of(history), title="no secret in any span", **sub),
+        ]
+        if history.last_observation("shutdown"):
+            results.append(check_spans_after_shutdown(spans, ops, [Sel(service=api), Sel(service=worker)],
+                                                      faults=faults, title="spans flushed on SIGTERM", **sub))
+        return combine(args["id"], args["title"], args["max_points"], results, hint=args.get("hint"))
+
+    return check

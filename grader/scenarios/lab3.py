@@ -1,0 +1,261 @@
+"""Lab 3: a Redis cache in front of PostgreSQL - cache-aside, invalidation from change events,
+stampedes, the stale-set race, degraded mode.
+
+Every gap between an effect and what the cache says about it in the reference design, and the
+fault that probes it (the database tap - grader/nemesis/pgwire.py - counts the statements naming
+each product and holds or slows the database's answers to them, without the service's help):
+
+  key expires under load    the grader expires a hot key (admin DEL) while the database answers its
+                            reads 400 ms late (SlowReads), and 200 readers ask at once: the statements
+                            naming it must be <= 1 per lock lifetime (a per-key lock)
+  keys filled together      all keys dropped, then read at once: their TTLs (PTTL, admin client) must
+                            spread (jitter), or they all expire - and stampede - together
+  lock holder dies mid-fill its read is held (HoldReads), readers queue on the other instance,
+                            the holder is SIGKILLed (Kill): they must be answered within lock TTL + 2 s
+  holder overruns its TTL   a first holder's read is held past its lock's TTL, a second request takes
+                            the lock and is held too; the first then finishes: while the second is still
+                            mid-fill, no further read may reach the database (release by token only)
+  slow miss vs update       a miss's answer is held after its SELECT ran; the row is updated and the
+                            invalidation lands; then the miss fills: the cache must not keep the old
+                            version (versioned sets / leases) - and after quiescence cache == database
+  update -> invalidation    the invalidator is SIGKILLed just before its slot advance (CrashPoint
+                            slot-advance before, twice): the changes are applied again (a replay) and
+                            must not put an older version back; reads 10 s after an acknowledged
+                            update return it or newer (freshness; the stale-set probes' keys
+                            are read again 12 s into the load)
+  Redis                     cut off through the proxy (Cut) and killed and restarted empty
+                            (RestartServer, its ACL user re-provisioned): no 5xx, answers within 5 s,
+                            and the hit ratio (measured at the database) is back >= 50 % 4 s later
+  traces                    a traced miss and hit: SERVER span with cache.hit, Redis and PostgreSQL
+                            CLIENT spans (db.system.name); spans flushed on SIGTERM
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+
+from ..checks.cache import (cache_trace_check, check_freshness, check_lock_safety, check_redis_outage,
+                            check_stale_set_race, check_stampede, check_ttl_jitter)
+from ..checks.tracing import run_secret
+from ..nemesis import CrashPoint, Cut, Kill, RestartServer
+from ..nemesis.pgwire import HoldReads, PgTap, SlowReads
+from ..observe import observe_rows, quiesce
+from ..observe.redis import RedisObserver, observe_cache, versions_stable
+from ..runner import Run
+from ..scenario import At, Check, Params, Phase, PhaseContext, Scenario, play
+from ..stack.credentials import provision_redis
+from ..workloads.cache_probes import CacheProbes, later, wait_quietly
+from ..workloads.catalog import ID_PATTERN, Catalog, catalog_metrics, product_id
+
+P = Params(products=40, hot=4, readers=200, waiters=20, slow_ms=400, load_seconds=25, read_rate=60, write_rate=4,
+           stale_probes=2, late_reads_after=12.0, fallback_after=8.0, quiesce_timeout=15, redis_cut=3.0, redis_down=1.0)
+SERVICES = ("catalog", "catalog_b")
+
+
+# --- the run's objects -------------------------------------------------------------------------
+
+def ids(run: Run) -> dict:
+    """Product ids drawn from the seed, and the roles some of them play."""
+    if "ids" not in run.state:
+        base = run.rng.randrange(10_000, 90_000)
+        pids = [product_id(base + n) for n in range(P.products)]
+        run.state["ids"] = {"all": pids, "hot": pids[:P.hot], "stampede": pids[0], "lock": pids[P.hot],
+                            "overrun": pids[P.hot + 1], "stale": pids[P.hot + 2:P.hot + 2 + P.stale_probes],
+                            "trace": pids[-1]}
+    return run.state["ids"]
+
+
+def catalog(run: Run) -> Catalog:
+    if "catalog" not in run.state:
+        run.state["catalog"] = Catalog(run, SERVICES, run.seed)
+    return run.state["catalog"]
+
+
+def observer(run: Run) -> RedisObserver:
+    if "observer" not in run.state:
+        run.state["observer"] = RedisObserver(run.stack.url("redis"))
+    return run.state["observer"]
+
+
+def cache_key(run: Run, pid: str) -> str:
+    """The contract: product `pid` is cached under `<namespace>:product:<pid>`."""
+    return run.ns.key(f"product:{pid}")
+
+
+def probes(run: Run) -> CacheProbes:
+    if "probes" not in run.state:
+        run.state["probes"] = CacheProbes(run, catalog(run), observer(run), lambda pid: cache_key(run, pid))
+    return run.state["probes"]
+
+
+def reprovision(run: Run) -> None:
+    """Redis restarted empty: the run's ACL user is back (the service's credentials still work)."""
+    provision_redis(run.stack.url("redis"), run.ns.name, run.ns.password)
+
+
+# --- phases ------------------------------------------------------------------------------------
+
+def start(run: Run, ctx: PhaseContext) -> None:
+    PgTap.attach(run.proxies["postgres"], ID_PATTERN, run.history.elapsed)  # before the first statement
+    run.services["invalidator"].start()
+    for name in SERVICES:
+        run.services[name].start()
+    for name in SERVICES:
+        run.services[name].wait_healthy()
+    with psycopg.connect(run.ns.database_url, connect_timeout=10) as conn:  # its slot, if it uses one, first
+        wait_quietly(lambda: conn.execute("SELECT 1 FROM pg_replication_slots WHERE database = current_database()")
+                     .fetchone(), 5)
+    pids = ids(run)["all"]
+    catalog(run).create(pids)
+    wait_quietly(lambda: probes(run).up_to_date(pids), 5)  # the creations' invalidations have landed
+    probes(run).ttl_probe(pids)
+    probes(run).flush_reads()
+
+
+def stampede(run: Run, ctx: PhaseContext) -> None:
+    probes(run).stampede(ids(run)["stampede"], P.readers, P.slow_ms)
+    probes(run).flush_reads()
+
+
+def lock_holder_killed(run: Run, ctx: PhaseContext) -> None:
+    probes(run).kill_lock_holder(ids(run)["lock"], 0, "catalog", P.waiters)
+    probes(run).flush_reads()
+
+
+def lock_overrun(run: Run, ctx: PhaseContext) -> None:
+    probes(run).lock_overrun(ids(run)["overrun"])
+    probes(run).flush_reads()
+
+
+def stale_set_race(run: Run, ctx: PhaseContext) -> None:
+    for pid in ids(run)["stale"]:
+        probes(run).stale_set(pid)
+    probes(run).flush_reads()
+
+
+def faults(run: Run) -> list[list[At]]:
+    rng, fb = run.rng, P.fallback_after
+    invalidator = [At(CrashPoint("invalidator", "slot-advance", "before", rng.randrange(2, 6), fallback_after=fb),
+                      after_s=1.5),
+                   At(CrashPoint("invalidator", "slot-advance", "before", rng.randrange(2, 6), fallback_after=fb))]
+    # apart from the invalidator's crashes (a stale read must be the cache's doing, not a restart's),
+    # and from each other (each outage's recovery window stays clear of the next one)
+    redis = [At(Cut("redis", seconds=P.redis_cut), after_s=8),
+             At(RestartServer("redis", mode="kill", down=P.redis_down, keep_data=False, then=reprovision), after_s=17)]
+    return [invalidator, redis]
+
+
+def load(run: Run, ctx: PhaseContext) -> None:
+    pids, hot = ids(run)["all"], ids(run)["hot"]
+    keys = {p: cache_key(run, p) for p in hot}
+    done = threading.Event()
+
+    def sample() -> None:  # the hot keys' cached versions, for regressions
+        while not done.wait(0.25):
+            observe_cache(run.history, "cache-sample", observer(run), keys)
+
+    sampler = later(sample)
+    started = time.monotonic()
+    stop = lambda: ctx.out_of_time() or (time.monotonic() - started >= P.load_seconds  # noqa: E731
+                                         and ctx.nemesis_done())
+    def late_reads() -> None:  # the stale-set probes' keys, well past the freshness bound after their updates
+        if not ctx.nemesis.stopped.wait(P.late_reads_after):
+            catalog(run).concurrent_gets(ids(run)["stale"], probe="late-read")
+
+    late = later(late_reads)
+    sent = catalog(run).load(pids, hot, stop, P.read_rate, P.write_rate)
+    late.join(5)
+    done.set()
+    sampler.join(5)
+    run.note(f"load: {sent} reads")
+    probes(run).flush_reads()
+
+
+def settle_and_observe(run: Run, ctx: PhaseContext) -> None:
+    pids = ids(run)["all"]
+    quiesce(run.history, {"cached versions stable": versions_stable(observer(run), lambda: [cache_key(run, p) for p in pids],
+                                                                    1.5)}, P.quiesce_timeout)
+    observe_rows(run.history, "final-db", run.ns.database_url,
+                 {"products": "SELECT id, name, price_cents, version FROM products ORDER BY id"})
+    observe_cache(run.history, "final-cache", observer(run), {p: cache_key(run, p) for p in pids})
+    probes(run).flush_reads()
+
+
+def traces(run: Run, ctx: PhaseContext) -> None:
+    pid = ids(run)["trace"]
+    traced = []
+    for _ in range(2):
+        observer(run).expire(cache_key(run, pid))
+        traced.append(catalog(run).get(pid, probe="trace-miss"))
+        traced.append(catalog(run).get(pid, probe="trace-hit"))
+    codes = {}
+    for name in (*SERVICES, "invalidator"):
+        run.services[name].stop()
+        codes[name] = run.services[name].exit_code()
+    run.history.observe("shutdown", services=codes)
+    want = {r.trace_id for r in traced if r.ok}
+    wait_quietly(lambda: want <= {e.data.get("trace_id") for e in run.history.events("span")
+                                  if e.data.get("service") == "catalog"}, 15)
+    probes(run).flush_reads()
+
+
+SCENARIO = Scenario(
+    params=P,
+    phases=[Phase("start, create the products, fill every key at once (TTL probe)", start),
+            Phase(f"stampede: {P.readers} readers of an expired hot key", stampede),
+            Phase("a lock holder SIGKILLed mid-fill", lock_holder_killed),
+            Phase("a lock holder overrunning its lock's TTL", lock_overrun),
+            Phase("slow misses interleaved with an update and its invalidation", stale_set_race),
+            Phase("load under invalidator crashes and Redis outages", load, faults, 45),
+            Phase("quiesce and compare the cache with the database", settle_and_observe),
+            Phase("traces: a traced miss and hit, SIGTERM flush", traces)],
+    checks={
+        "stampede": Check(check_stampede, needs=[(SlowReads.kind, "postgres")]),
+        "ttl-jitter": Check(check_ttl_jitter),
+        "lock-safety": Check(check_lock_safety, needs=[(Kill.kind, "catalog"), (HoldReads.kind, "postgres")]),
+        "freshness": Check(check_freshness, needs=[(CrashPoint.kind, "invalidator")]),
+        "stale-set-race": Check(check_stale_set_race, needs=[(HoldReads.kind, "postgres")]),
+        "redis-outage": Check(check_redis_outage, needs=[(Cut.kind, "redis"), (RestartServer.kind, "redis")]),
+        "traces": Check(cache_trace_check(SERVICES, run_secret)),
+    })
+
+
+def run(run: Run) -> None:
+    try:
+        play(SCENARIO, run)
+    finally:
+        if "catalog" in run.state:
+            run.state["catalog"].close()
+        if "observer" in run.state:
+            run.state["observer"].close()
+
+
+# --- live mode (`make lab-3`): steady traffic and what to show -----------------------------------
+
+def traffic(run: Run, stop: threading.Event, rate: float = 10.0) -> None:
+    pids = ids(run)["all"]
+    if "postgres" in run.proxies:  # the database reads per second come from the tap
+        probes(run)
+    catalog(run).create(pids)
+    run.state["live_t0"] = run.history.elapsed()
+    catalog(run).load(pids, ids(run)["hot"], stop.is_set, read_rate=max(rate * 4, 10), write_rate=max(rate / 5, 0.5),
+                      readers=4)
+
+
+def metrics(run: Run, elapsed: float) -> dict[str, str]:
+    """Hit ratio (measured at the database), database reads/s, staleness, read p50/p99."""
+    window = 5.0
+    shown = catalog_metrics(run.history, elapsed, window)
+    try:
+        now = run.history.elapsed()
+        reads = sum(1 for t, _, _ in probes(run).tap.snapshot() if t >= now - window)
+        gets = sum(1 for op in run.history.ops("get") if op.t_invoke >= now - window)
+        puts = sum(1 for op in run.history.ops("put") if op.t_invoke >= now - window)
+        misses = max(reads - puts, 0)
+        shown["hit ratio (at the database)"] = f"{1 - misses / gets:.0%}" if gets else "-"
+        shown["database statements/s (naming a product)"] = f"{reads / window:.1f}"
+    except Exception as e:  # the view must survive a restart
+        shown["database"] = f"not readable yet ({type(e).__name__})"
+    return shown

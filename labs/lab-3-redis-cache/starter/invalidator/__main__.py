@@ -1,0 +1,3 @@
+from .invalidator import main
+
+main()

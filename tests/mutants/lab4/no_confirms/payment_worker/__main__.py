@@ -1,0 +1,3 @@
+from services.payment_worker.worker import main
+
+main()
