@@ -85,7 +85,14 @@ def test_heartbeats_fail_on_a_connection_closed_during_a_long_job():
     pay(h, "long")
     call(h, "long", 1, 200, 10.0, 18.0)
     h.observe(CHARGES, rows=[["long", 100]])
-    h.observe(BROKER_LOG, lines=["2026-01-01 00:00:14.0+00:00 [error] <0.1.0> missed heartbeats from client"], at=[14.0])
+    h.observe(CHANNELS, channels=[{"pid": "<rabbit@h.17.9.0>", "connection": "<rabbit@h.17.5.0>", "prefetch": 8,
+                                   "unacked": 1, "consumers": 1},
+                                  {"pid": "<rabbit@h.17.8.0>", "connection": "<rabbit@h.17.6.0>", "prefetch": 0,
+                                   "unacked": 0, "consumers": 0}])
+    # The publisher's idle connection (no consumer) missing its heartbeats is not the long job's.
+    h.observe(BROKER_LOG, lines=["2026-01-01 00:00:14.0+00:00 [error] <0.6.0> missed heartbeats from client"], at=[14.0])
+    assert check_heartbeats(2)(h, **ARGS).passed
+    h.observe(BROKER_LOG, lines=["2026-01-01 00:00:14.0+00:00 [error] <0.5.0> missed heartbeats from client"], at=[14.0])
     result = check_heartbeats(2)(h, **ARGS)
     assert not result.passed and "missed heartbeats" in result.evidence[0]
     h.observe(BROKER_LOG, lines=[], at=[])

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from ..history import History, Op
 from ..nemesis import fault_events
-from ..observe.amqp import BROKER_LOG, CHANNELS, CONSUMERS, DLQ
+from ..observe.amqp import BROKER_LOG, CHANNELS, CONSUMERS, DLQ, erlang_pid
 from ..workloads.gateway import CALL
 from ..workloads.payments import accepted, plans
 from .generic import check_lost
@@ -264,7 +264,12 @@ def check_heartbeats(heartbeat: float):
         acked = accepted(history)
         seen_log = history.last_observation(BROKER_LOG) or {}
         log_lines = seen_log.get("lines", [])
-        closed_at = [(t, line) for t, line in zip(seen_log.get("at", []), log_lines) if t is not None]
+        # Only a consumer's connection is the worker's: a publisher's idle connection that misses
+        # its heartbeats (another bug) or another run's on a shared node is not this job's.
+        consuming = {erlang_pid(ch.get("connection", "")) for e in history.observations(CHANNELS)
+                     for ch in e.data.get("channels", []) if ch.get("consumers")}
+        closed_at = [(t, line) for t, line in zip(seen_log.get("at", []), log_lines)
+                     if t is not None and erlang_pid(line) in consuming]
         evidence, judged, skipped = [], 0, 0
         for p, plan in sorted(slow.items()):
             made = calls.get(p, [])

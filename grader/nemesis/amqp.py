@@ -15,15 +15,18 @@ class Unroutable(Fault):
     client before the broker's confirm has acknowledged a payment that exists nowhere.
 
     Probes the publisher's side of at-least-once: confirms, mandatory and the returned-message
-    handler. Effective when the binding was removed and restored.
+    handler. A service that declares its topology on every (re)connect binds the queue again, so the
+    binding is removed again every `every` seconds while the fault holds (it must not depend on the
+    services staying connected). Effective when the binding was removed and restored.
     """
 
     kind = "unroutable"
 
-    def __init__(self, exchange: str, queue: str, routing_key: str, seconds: float = 3.0,
+    def __init__(self, exchange: str, queue: str, routing_key: str, seconds: float = 3.0, every: float = 0.02,
                  url_of=lambda run: run.ns.service_url("rabbitmq")) -> None:
         super().__init__("rabbitmq")
         self.exchange, self.queue, self.routing_key, self.seconds = exchange, queue, routing_key, seconds
+        self.every = every
         self._url_of = url_of
         self._unbound = False
 
@@ -42,7 +45,16 @@ class Unroutable(Fault):
         self._t0 = time.monotonic()
 
     def hold(self, run: Target) -> None:
-        time.sleep(self.seconds)
+        deadline, unbinds = self._t0 + self.seconds, 1
+        params = pika.URLParameters(self._url_of(run))
+        params.socket_timeout = 5
+        with pika.BlockingConnection(params) as conn:
+            channel = conn.channel()
+            while (left := deadline - time.monotonic()) > 0:
+                conn.sleep(min(self.every, left))
+                channel.queue_unbind(self.queue, self.exchange, routing_key=self.routing_key)
+                unbinds += 1
+        self.detail["unbinds"] = unbinds
 
     def heal(self, run: Target) -> None:
         if self._unbound:

@@ -9,6 +9,7 @@ Each read is recorded in the history; checkers judge those records only.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -20,7 +21,7 @@ from ..history import History
 if TYPE_CHECKING:
     from ..runner import Run
 
-CHANNELS = "amqp-channels"  # observe: [{pid, prefetch, unacked, consumers}] of the run's vhost
+CHANNELS = "amqp-channels"  # observe: [{pid, connection, prefetch, unacked, consumers}] of the run's vhost
 CONSUMERS = "amqp-consumers"  # observe: [{queue, channel, ack_required, prefetch}]
 QUEUES = "amqp-queues"  # observe: {queue: ready}
 DLQ = "amqp-dlq"  # observe: messages of the dead-letter queue with their x-death headers
@@ -46,9 +47,9 @@ def observe_channels(run: "Run", history: History, timeout: float = 20) -> list[
     ctl = _ctl(run)
     if ctl is None:
         return None
-    names = ["pid", "vhost", "prefetch_count", "messages_unacknowledged", "consumer_count"]
+    names = ["pid", "connection", "vhost", "prefetch_count", "messages_unacknowledged", "consumer_count"]
     rows = _rows(ctl("list_channels", *names, "--no-table-headers", "-q", timeout=timeout), names)
-    channels = [{"pid": r["pid"], "prefetch": int(r["prefetch_count"]), "unacked": int(r["messages_unacknowledged"]),
+    channels = [{"pid": r["pid"], "connection": r["connection"], "prefetch": int(r["prefetch_count"]), "unacked": int(r["messages_unacknowledged"]),
                  "consumers": int(r["consumer_count"])} for r in rows if r["vhost"] == run.ns.name]
     history.observe(CHANNELS, channels=channels)
     return channels
@@ -167,6 +168,13 @@ def observe_broker_log(run: "Run", history: History, patterns: tuple[str, ...] =
         lines = [line.strip()[:300] for line in text.splitlines() if any(p in line for p in patterns)]
         history.observe(BROKER_LOG, lines=lines, at=[_history_time(history, line) for line in lines])
     return lines
+
+
+def erlang_pid(text: str) -> tuple[str, str] | None:
+    """The local part of an Erlang pid, comparable between the log (`<0.689.0>`) and rabbitmqctl
+    (`<node@host.1795454862.689.0>`): its last two numbers."""
+    found = re.search(r"<[^<>]*?(\d+)\.(\d+)>", text)
+    return found.groups() if found else None
 
 
 def _history_time(history: History, line: str) -> float | None:
