@@ -122,6 +122,27 @@ def test_redis_observer_reads_versions_and_ttls(native_stack):
     client.close()
 
 
+def test_redis_observer_keeps_a_products_leases_alive(native_stack):
+    """The overrun probe's lease: keys under the prefix naming the product, with a TTL, besides its
+    cache entry - not another product's, not a key without a TTL."""
+    admin = native_stack.url("redis")
+    client = redis.Redis.from_url(admin)
+    client.set("lease:lock:product:p[1]", "token", px=2000)
+    client.set("lease:product:p[1]", "{}", px=2000)
+    client.set("lease:lock:product:p[2]", "token", px=2000)
+    client.set("lease:pinned:p[1]", "x")
+    observer = RedisObserver(admin)
+    try:
+        assert observer.extend_leases("lease:", "p[1]", "lease:product:p[1]", 60_000) == ["lease:lock:product:p[1]"]
+        assert client.pttl("lease:lock:product:p[1]") > 50_000
+        assert client.pttl("lease:product:p[1]") <= 2000 and client.pttl("lease:lock:product:p[2]") <= 2000
+        assert client.pttl("lease:pinned:p[1]") == -1
+    finally:
+        observer.close()
+        client.delete("lease:lock:product:p[1]", "lease:product:p[1]", "lease:lock:product:p[2]", "lease:pinned:p[1]")
+        client.close()
+
+
 class _Run:
     def __init__(self, stack) -> None:
         self.stack, self.history, self.services, self.proxies, self.out_dir = stack, History(), {}, {}, "."

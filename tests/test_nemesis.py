@@ -587,6 +587,57 @@ def test_slot_advance_crash_point_counts_advances_only(native_stack, tmp_path):
             conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
 
 
+STREAM_CONFIRMER = """
+    import sys, threading, time, psycopg, psycopg2, psycopg2.extras
+    url, slot, table = sys.argv[1:]
+
+    def write():  # WAL keeps arriving: the stream's socket always has unread data
+        with psycopg.connect(url, autocommit=True) as conn:
+            while True:
+                conn.execute(f"INSERT INTO {table} VALUES (1)")
+                time.sleep(0.002)
+
+    threading.Thread(target=write, daemon=True).start()
+    conn = psycopg2.connect(url, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+    cur = conn.cursor()
+    cur.start_replication(slot_name=slot, decode=False)
+    confirmed = 0
+    while True:
+        msg = cur.read_message()
+        if msg is None:
+            time.sleep(0.01)
+            continue
+        if msg.data_start > confirmed + 10_000:  # a few transactions on: confirm this one
+            confirmed = msg.data_start
+            print(confirmed, flush=True)
+            cur.send_feedback(flush_lsn=confirmed, force=True)
+"""
+
+
+def test_streaming_confirm_crash_point_lands_after_the_server_took_the_confirm(native_stack, tmp_path):
+    """SIGKILLed just after its 3rd feedback, with WAL still streaming in: the slot has moved there.
+    (Without the wait for the server, the reset socket drops the feedback and the kill probes nothing.)"""
+    url = native_stack.namespace(prefix="nem").database_url
+    slot, table = f"s_{uuid.uuid4().hex[:8]}", f"t_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (n int)")
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", (slot,))
+    try:
+        marker = tmp_path / "crash.json"
+        proc = run_crashing(STREAM_CONFIRMER, "slot-advance", "after", 3, marker, url, slot, table)
+        assert_killed_at(proc, marker, "slot-advance", "after", 3)
+        third = int(proc.stdout.split()[2])
+        with psycopg.connect(url, autocommit=True) as conn:
+            wait_until(lambda: conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                                            (slot,)).fetchone()[0] is False, 10, "the slot released")
+            lsn = conn.execute("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots "
+                               "WHERE slot_name = %s", (slot,)).fetchone()[0]
+        assert lsn >= third
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+
 AUTO_COMMIT_CONSUMER = """
     import sys, psycopg
     from confluent_kafka import Consumer

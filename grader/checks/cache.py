@@ -197,13 +197,19 @@ def check_lock_safety(history: History, **args: Any) -> CheckResult:
         lines.append(f"overrun: {len(extra)} read(s) of {pid2} while the second holder was mid-fill")
         if extra:
             evidence.append(f"{pid2}: the first lock holder overran its lock's TTL and a second request took the lock "
-                            f"(t={overrun['t_second']:.2f}s); after the first one finished (t={w0:.2f}s) {len(extra)} more "
+                            f"(t={overrun['t_second']:.2f}s{kept_alive(overrun)}); after the first one finished "
+                            f"(t={w0:.2f}s) {len(extra)} more "
                             f"read(s) of {pid2} reached the database at t={', '.join(f'{t:.2f}' for t in extra[:3])}s while "
                             f"the second holder was still mid-fill: the first holder's release deleted a lock it no "
                             f"longer held")
     elif overrun:
         lines.append(f"overrun not judged: {overrun.get('reason')}")
     return CheckResult.verdict(passed=not evidence, message="; ".join(lines), evidence=evidence, **args)
+
+
+def kept_alive(overrun: dict) -> str:
+    leases = overrun.get("leases") or []
+    return f"; the grader kept its lock {', '.join(leases[:2])} alive meanwhile" if leases else ""
 
 
 # --- the stale-set race and the final state ---------------------------------------------------------

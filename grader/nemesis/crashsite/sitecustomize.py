@@ -210,6 +210,8 @@ def _slot_advance(wrap, awrap) -> None:
 def _replication_feedback(wrap) -> None:
     """The same acknowledgement over a streaming replication connection (psycopg2): a
     send_feedback that confirms a flush position (keepalive replies without one do not count)."""
+    import time
+
     try:
         import psycopg2.extras
     except ImportError:
@@ -220,8 +222,26 @@ def _replication_feedback(wrap) -> None:
         given = {**dict(zip(names, args)), **kwargs}
         return bool(given.get("flush_lsn"))
 
+    def server_has_it(cursor, *args, **kwargs) -> None:
+        # The feedback has no reply, and a replication socket always has unread WAL in it: closed
+        # by the SIGKILL, it is reset, and the server drops the feedback still in its receive queue
+        # - the slot would not move and the kill would probe nothing. So wait (bounded) until some
+        # slot shows the confirmed position, read over a connection of our own.
+        names = ("write_lsn", "flush_lsn", "apply_lsn", "reply", "force")
+        lsn = int({**dict(zip(names, args)), **kwargs}["flush_lsn"])
+        info = cursor.connection.info
+        with psycopg2.connect(host=info.host, port=info.port, user=info.user, password=info.password,
+                              dbname=info.dbname, connect_timeout=3) as conn, conn.cursor() as check:
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                check.execute("SELECT 1 FROM pg_replication_slots WHERE confirmed_flush_lsn >= %s::pg_lsn",
+                              (f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}",))
+                if check.fetchone():
+                    return
+                time.sleep(0.02)
+
     cls = psycopg2.extras.ReplicationCursor  # a Python subclass of the C type: its attribute can be replaced
-    cls.send_feedback = wrap(cls.send_feedback, confirms)
+    cls.send_feedback = wrap(cls.send_feedback, confirms, settle=server_has_it)
 
 
 def _pika(wrap) -> None:
