@@ -105,7 +105,7 @@ def graded(tmp_path_factory):
     tmp = Path(tempfile.mkdtemp(prefix="labkit-class-", dir="/tmp"))  # the sandboxes' roots (a uid must traverse it)
     os.chmod(tmp, 0o711)
     env = {**os.environ, "TMPDIR": str(tmp), "LABKIT_SANDBOX_UIDS": "-".join(map(str, CLASS_UIDS))}
-    argv = [sys.executable, "-m", "grader.cli", "grade", "lab-1", str(subs), "--out", str(out), "--jobs", "2",
+    argv = [sys.executable, "-m", "grader.cli", "grade", "lab-1", str(subs), "--out", str(out), "--jobs", "3",
             "--runtime", "native", "--seed", str(SEED)] + (["--trust-submissions"] if ISOLATION_PROBLEM else [])
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=2700, cwd=REPO_ROOT, env=env)

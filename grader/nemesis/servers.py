@@ -34,7 +34,9 @@ class RestartServer(Fault):
         self.mode, self.down, self.keep_data, self.timeout = mode, down, keep_data, timeout
         # PostgreSQL writes a replication slot's confirmed position to disk only at a checkpoint:
         # without one, a crash puts every slot back, and a relay that confirmed too early is hidden
-        # behind the re-send. CHECKPOINT first, then crash, so the slot keeps what it was told.
+        # behind the re-send. CHECKPOINT first, then crash, so the slot keeps what it was told -
+        # mostly: a checkpoint skips a slot whose restart point has not moved since it was last
+        # saved, so a scenario restarts the database before it probes a relay's confirms.
         self.checkpoint_url = checkpoint_url
         # Run once the server answers again, before the fault ends: e.g. a server that lost its data
         # (Redis without persistence) gets the run's ACL user back - a restart, not a revoked login.
