@@ -344,6 +344,19 @@ def test_proxy_delay_is_latency_each_way(echo_server):
         assert time.monotonic() - t0 < 0.3
 
 
+def test_proxy_one_way_cut_drops_answers_and_the_heal_resets_that_connection(echo_server):
+    with TcpProxy("127.0.0.1", echo_server) as proxy, \
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(b"before")
+        assert s.recv(100) == b"before"
+        proxy.cut_responses()
+        s.sendall(b"during")  # arrives, and its echo is dropped
+        wait_until(lambda: proxy.dropped_down == 6, 5, "the echo dropped")
+        assert proxy.heal() == 1  # its byte stream is no longer whole: reset
+        with pytest.raises(ConnectionResetError):
+            s.recv(100)
+
+
 def via(url: str, port: int) -> str:
     """The same URL (credentials, database) through another port."""
     parts = urlsplit(url)
@@ -792,7 +805,9 @@ def test_one_way_cut_stores_the_record_while_the_producer_hears_an_error(kafka_b
     send("after")
     assert reports["before"] is None and reports["during"] is not None and reports["after"] is None
     end = run.faults()[-1][1]
-    assert end["effective"] and end["dropped_bytes"] > 0 and end["reset"] >= 1
+    # (Not asserted: how many connections the heal reset. A producer whose request timed out may
+    # already have closed its connection itself - seen once under a loaded make test.)
+    assert end["effective"] and end["dropped_bytes"] > 0 and "reset" in end
     # Read after the heal: the broker advertises the proxy, so no Kafka client can bypass it.
     assert [m.value() for m in read_all(bootstrap, topic)] == [b"before", b"during", b"after"]
 
