@@ -279,7 +279,12 @@ def test_stopping_the_batch_stops_its_runs_and_leaves_them_ungraded(tmp_path, ho
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         def worker_running() -> bool:
-            return any("grader.batch.worker" in " ".join(c.cmdline()) for c in psutil.Process(proc.pid).children())
+            def cmdline(c: psutil.Process) -> str:
+                try:
+                    return " ".join(c.cmdline())
+                except psutil.NoSuchProcess:  # a short-lived child gone between the listing and the read
+                    return ""
+            return any("grader.batch.worker" in cmdline(c) for c in psutil.Process(proc.pid).children())
         wait_until(worker_running, 60, "the worker to start")
         workers = [c for c in psutil.Process(proc.pid).children(recursive=True)]
         proc.send_signal(getattr(signal, how))
