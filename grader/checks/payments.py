@@ -17,11 +17,13 @@ from typing import Callable, Sequence
 from ..history import History, Op
 from ..nemesis import fault_events
 from ..observe.amqp import BROKER_LOG, CHANNELS, CONSUMERS, DLQ, erlang_pid
+from ..traces import ExpectedError, RecordHeader, Redelivery, Sel, Step
 from ..workloads.gateway import CALL
 from ..workloads.payments import accepted, plans
 from .generic import check_lost
 from .orders import fault_after
 from .result import CheckResult
+from .tracing import ChainEvidence, ChainTitles, chain_trace_check
 
 CHARGES = "charges"  # observe: rows [payment_id, amount_cents]
 SERVICE_FAULTS = ("kill", "crash-point", "hold-then-kill", "pause", "restart-server", "cut", "reset")
@@ -308,49 +310,26 @@ def queue_trace_check(api: str, worker: str, secret_of: Callable[[History], list
     payment; every attempt of a retried payment is another CONSUMER span in the same trace; a
     dead-lettered payment has a CONSUMER span with status ERROR; dead-lettered messages still carry
     their PRODUCER span's traceparent; conventions; no secret; spans flushed on SIGTERM."""
-    from ..otlp import spans_from_history
-    from ..report.waterfall import faults_in_span_clock
-    from ..traces import (ExpectedError, RecordHeader, Redelivery, Sel, Step, check_connected_traces,
-                          check_error_status, check_no_secret_leaks, check_redelivery, check_semantic_conventions,
-                          check_spans_after_shutdown, check_trace_headers, combine)
-    from .tracing import traced_operations, wall_t0_ns
-
     chain = [Step(service=api, kind="SERVER"), Step(service=api, kind="PRODUCER"),
              Step(service=worker, kind="CONSUMER", via_link=True)]
 
-    def check(history: History, **args) -> CheckResult:
-        spans = spans_from_history(history)
-        faults = faults_in_span_clock(fault_events(history), wall_t0_ns(history))
-        ops = traced_operations(history)
-        if not ops:
-            return CheckResult.error(message="no traced payment was accepted (the run did not get there)", **args)
-        sub = {"max_points": args["max_points"]}
+    def evidence(history: History) -> ChainEvidence:
         plan = plans(history)
         traced = {str(op.invoke.get("payment_id")): op.invoke["trace_id"] for op in history.ops("pay")
                   if op.invoke.get("probe") == "trace" and op.type == "ok"}
-        retried = [Redelivery(f"payment {p} (failed {plan[p]['fail_first']} times, then charged)", t,
-                              deliveries=int(plan[p]["fail_first"]) + 1)
-                   for p, t in traced.items() if plan.get(p, {}).get("fail_first") and not plan[p].get("poison")]
-        errors = [ExpectedError(f"poison payment {p} (dead-lettered)", t, Sel(service=worker, kind="CONSUMER"))
-                  for p, t in traced.items() if plan.get(p, {}).get("poison")]
         dlq = history.last_observation(DLQ) or {}
-        headers = [RecordHeader(f"dead-lettered message of payment {m.get('payment_id')}",
-                                (m.get("headers") or {}).get("traceparent"), traced[str(m.get("payment_id"))])
-                   for m in dlq.get("messages", []) if str(m.get("payment_id")) in traced]
-        results = [
-            check_connected_traces(spans, ops, chain, faults=faults, title="one connected trace per payment", **sub),
-            check_trace_headers(spans, headers, faults=faults, title="messages carry their PRODUCER span's context",
-                                **sub),
-            check_semantic_conventions(spans, services=[api, worker], title="span kinds and attributes",
-                                       required=chain, **sub),
-            check_redelivery(spans, retried, consumer=Sel(service=worker, kind="CONSUMER"), faults=faults,
-                             title="every attempt of a retried payment is a CONSUMER span in its trace", **sub),
-            check_error_status(spans, errors, faults=faults, title="the dead-lettered attempt has an ERROR span", **sub),
-            check_no_secret_leaks(spans, secret_of(history), title="no secret in any span", **sub),
-        ]
-        if history.last_observation("shutdown"):
-            results.append(check_spans_after_shutdown(spans, ops, [Sel(service=api), Sel(service=worker)],
-                                                      faults=faults, title="spans flushed on SIGTERM", **sub))
-        return combine(args["id"], args["title"], args["max_points"], results, hint=args.get("hint"))
+        return ChainEvidence(
+            headers=[RecordHeader(f"dead-lettered message of payment {m.get('payment_id')}",
+                                  (m.get("headers") or {}).get("traceparent"), traced[str(m.get("payment_id"))])
+                     for m in dlq.get("messages", []) if str(m.get("payment_id")) in traced],
+            redelivered=[Redelivery(f"payment {p} (failed {plan[p]['fail_first']} times, then charged)", t,
+                                    deliveries=int(plan[p]["fail_first"]) + 1)
+                         for p, t in traced.items() if plan.get(p, {}).get("fail_first") and not plan[p].get("poison")],
+            errors=[ExpectedError(f"poison payment {p} (dead-lettered)", t, Sel(service=worker, kind="CONSUMER"))
+                    for p, t in traced.items() if plan.get(p, {}).get("poison")])
 
-    return check
+    return chain_trace_check(chain, evidence, secret_of, ChainTitles(
+        none="no traced payment was accepted (the run did not get there)",
+        connected="one connected trace per payment", headers="messages carry their PRODUCER span's context",
+        redelivered="every attempt of a retried payment is a CONSUMER span in its trace",
+        errors="the dead-lettered attempt has an ERROR span"))

@@ -14,6 +14,7 @@ Semantic conventions: OpenTelemetry 1.37.0 (see grader/traces/checks.py for the 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from ..history import History
@@ -39,43 +40,80 @@ def traced_operations(history: History) -> list[Operation]:
             for op in history.ops() if op.invoke.get("probe") == "trace" and op.type == "ok" and op.invoke.get("trace_id")]
 
 
-def trace_check(api: str, producer: str, consumer: str, secret_of: Callable[[History], list[str]]):
-    """A `traces` checker for a chain: `api`'s SERVER span -> `producer`'s PRODUCER span ->
-    `consumer`'s CONSUMER span (by parent or by span link)."""
-    chain = [Step(service=api, kind="SERVER"), Step(service=producer, kind="PRODUCER"),
-             Step(service=consumer, kind="CONSUMER", via_link=True)]
+@dataclass
+class ChainEvidence:
+    """What a lab's trace phase says each check should find: messages with their traceparent,
+    redeliveries that must show as more CONSUMER spans, failures that must carry an ERROR status."""
+    headers: list[RecordHeader]
+    redelivered: list[Redelivery]
+    errors: list[ExpectedError]
+
+
+@dataclass
+class ChainTitles:
+    """How the sub-checks are named in a lab's words (orders and records, payments and messages)."""
+    none: str  # the ERROR message when no traced request was acknowledged
+    connected: str
+    headers: str
+    redelivered: str
+    errors: str
+
+
+def chain_trace_check(chain: list[Step], evidence: Callable[[History], ChainEvidence],
+                      secret_of: Callable[[History], list[str]], titles: ChainTitles):
+    """A `traces` checker for a chain of spans from the API's SERVER span to the consumer's CONSUMER
+    span: connected traces, traceparent headers, conventions (every service of the chain), redeliveries,
+    ERROR status, no secret, and spans flushed on SIGTERM (the chain's first and last services)."""
+    services = list(dict.fromkeys(step.service for step in chain))
 
     def check(history: History, **args) -> CheckResult:
         spans = spans_from_history(history)
         faults = faults_in_span_clock(fault_events(history), wall_t0_ns(history))
         ops = traced_operations(history)
         if not ops:
-            return CheckResult.error(message="no traced request was acknowledged (the run did not get there)", **args)
+            return CheckResult.error(message=titles.none, **args)
         sub = {"max_points": args["max_points"]}
-        records = history.last_observation("trace-records") or {}
-        headers = [RecordHeader(f"record {r.get('key')} in {records.get('topic')}", r.get("headers", {}).get("traceparent"),
-                                r.get("trace_id", "")) for r in records.get("records", [])]
-        redelivered = [Redelivery(f"record {r.get('key')} delivered twice", r["trace_id"])
-                       for r in records.get("records", []) if r.get("duplicated") and r.get("trace_id")]
-        errors = [ExpectedError(f"malformed record {p['key']}", p["trace_id"], Sel(service=consumer))
-                  for f in history.events("fault") if f.data.get("fault") == "poison" and f.data.get("phase") == "end"
-                  for p in f.data.get("traced", [])]
+        found = evidence(history)
         results = [
-            check_connected_traces(spans, ops, chain, faults=faults, title="one connected trace per order", **sub),
-            check_trace_headers(spans, headers, faults=faults, title="records carry their PRODUCER span's context", **sub),
-            check_semantic_conventions(spans, services=[api, producer, consumer], title="span kinds and attributes",
+            check_connected_traces(spans, ops, chain, faults=faults, title=titles.connected, **sub),
+            check_trace_headers(spans, found.headers, faults=faults, title=titles.headers, **sub),
+            check_semantic_conventions(spans, services=services, title="span kinds and attributes",
                                        required=chain, **sub),
-            check_redelivery(spans, redelivered, consumer=Sel(service=consumer, kind="CONSUMER"), faults=faults,
-                             title="a redelivery is another CONSUMER span", **sub),
-            check_error_status(spans, errors, faults=faults, title="dead-lettered records have an ERROR span", **sub),
+            check_redelivery(spans, found.redelivered, consumer=Sel(service=chain[-1].service, kind="CONSUMER"),
+                             faults=faults, title=titles.redelivered, **sub),
+            check_error_status(spans, found.errors, faults=faults, title=titles.errors, **sub),
             check_no_secret_leaks(spans, secret_of(history), title="no secret in any span", **sub),
         ]
         if history.last_observation("shutdown"):
-            results.append(check_spans_after_shutdown(spans, ops, [Sel(service=api), Sel(service=consumer)],
+            results.append(check_spans_after_shutdown(spans, ops, [Sel(service=services[0]), Sel(service=services[-1])],
                                                       faults=faults, title="spans flushed on SIGTERM", **sub))
         return combine(args["id"], args["title"], args["max_points"], results, hint=args.get("hint"))
 
     return check
+
+
+def trace_check(api: str, producer: str, consumer: str, secret_of: Callable[[History], list[str]]):
+    """A `traces` checker for a chain through Kafka: `api`'s SERVER span -> `producer`'s PRODUCER span
+    -> `consumer`'s CONSUMER span (by parent or by span link)."""
+    chain = [Step(service=api, kind="SERVER"), Step(service=producer, kind="PRODUCER"),
+             Step(service=consumer, kind="CONSUMER", via_link=True)]
+
+    def evidence(history: History) -> ChainEvidence:
+        records = history.last_observation("trace-records") or {}
+        return ChainEvidence(
+            headers=[RecordHeader(f"record {r.get('key')} in {records.get('topic')}",
+                                  r.get("headers", {}).get("traceparent"), r.get("trace_id", ""))
+                     for r in records.get("records", [])],
+            redelivered=[Redelivery(f"record {r.get('key')} delivered twice", r["trace_id"])
+                         for r in records.get("records", []) if r.get("duplicated") and r.get("trace_id")],
+            errors=[ExpectedError(f"malformed record {p['key']}", p["trace_id"], Sel(service=consumer))
+                    for f in history.events("fault") if f.data.get("fault") == "poison" and f.data.get("phase") == "end"
+                    for p in f.data.get("traced", [])])
+
+    return chain_trace_check(chain, evidence, secret_of, ChainTitles(
+        none="no traced request was acknowledged (the run did not get there)",
+        connected="one connected trace per order", headers="records carry their PRODUCER span's context",
+        redelivered="a redelivery is another CONSUMER span", errors="dead-lettered records have an ERROR span"))
 
 
 def run_secret(history: History) -> list[str]:
