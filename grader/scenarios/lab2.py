@@ -83,12 +83,14 @@ def faults(run: Run) -> list[list[At]]:
              At(HoldThenKill("cdc_relay", "slot-advance", rng.randrange(3, 10), hold=P.hold, fallback_after=fb)),
              At(Cut("kafka", seconds=P.broker_cut))]
     odd, odd2 = 2 * rng.randrange(10, 25) + 1, 2 * rng.randrange(10, 25) + 1
-    # The database restarts first: a crash can put the slot back (a CHECKPOINT saves its confirmed
-    # position only if its restart point moved too), and the re-send would hide a relay that
-    # confirmed too early. So it must be over before the relay's confirms are probed.
-    others = [At(RestartServer("postgres", down=1.0, checkpoint_url=run.ns.database_url), after_ok=5),
-              At(CrashPoint("order_service", "db-commit", "after", odd, fallback_after=fb)),
+    # The database restart must be over before the relay's confirms are probed (the relay's
+    # slot-advance crash waits for it): a crash can put the slot back (a CHECKPOINT saves its
+    # confirmed position only if its restart point moved too), and the re-send would hide a relay
+    # that confirmed too early. It comes after the order service's faults, whose odd commit counts
+    # (between an order's transaction and a separate outbox one) a restart's failed commits would shift.
+    others = [At(CrashPoint("order_service", "db-commit", "after", odd, fallback_after=fb), after_ok=5),
               At(HoldThenKill("order_service", "db-commit", odd2, hold=1.0, fallback_after=fb)),
+              At(RestartServer("postgres", down=1.0, checkpoint_url=run.ns.database_url)),
               At(CrashPoint("projector", "db-commit", "after", rng.randrange(2, 7), fallback_after=fb))]
     return [relay, others]
 

@@ -257,7 +257,7 @@ class NativeRabbitMQ(NativeServer):
         self._env = env
         self.procs = [ServerProcess([str(bins["epmd"]), "-port", str(epmd_port), "-address", "127.0.0.1"],
                                     workdir / "epmd.log", env=env, cwd=workdir)]
-        wait_until(lambda: port_open(epmd_port), 10, "epmd")
+        wait_until(lambda: port_open(epmd_port), 30, "epmd")  # a bound: a loaded machine took > 10 s once
         self.procs.append(ServerProcess([str(bins["rabbitmq-server"])], workdir / "rabbitmq.log",
                                         env=env, cwd=workdir))
 
