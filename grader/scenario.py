@@ -205,8 +205,7 @@ def judge(lab: "Lab", scenario: Scenario, history: History) -> list[CheckResult]
             continue
         missing = [why_not(history, kind, target) for kind, target in check.needs if not happened(history, kind, target)]
         if missing:
-            results.append(CheckResult.skip(args["id"], args["title"], spec.points,
-                                            "not verified: " + "; ".join(missing)))
+            results.append(CheckResult.skip(args["id"], args["title"], spec.points, skip_message(missing)))
             continue
         started = time.monotonic()
         try:
@@ -219,6 +218,16 @@ def judge(lab: "Lab", scenario: Scenario, history: History) -> list[CheckResult]
     for result, spec in zip(results, lab.checks):
         result.visibility = spec.visibility
     return results
+
+
+def skip_message(missing: list[str]) -> str:
+    """Why a check could not be verified, and whose doing that was: the runtime lacking a fault (not
+    the submission's), or the run never reaching it / the fault not biting (the submission's: it
+    crashed, stalled or exited before the fault, or the process was already gone)."""
+    runtime = all(" not injected: " in m for m in missing)
+    cause = ("this runtime cannot inject it (not your submission)" if runtime else
+             "your submission did not get there or was already down (a crash, a stall or an exit before the fault)")
+    return f"not verified, 0 points: {cause}: " + "; ".join(missing)
 
 
 def fault_summary(history: History) -> list[dict]:
