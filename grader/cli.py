@@ -165,23 +165,62 @@ def run(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission: O
 @app.command()
 def check(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission: Optional[Path] = SubmissionOpt,
           runtime: str = RuntimeOpt, seed: Optional[int] = typer.Option(None, help="replay a run with its seed"),
-          out: Optional[Path] = typer.Option(None, help="folder for report.json, junit.xml, history and logs")) -> None:
-    """Grade a submission: per-check points, evidence and hints. Exit code 1 if any check fails."""
+          out: Optional[Path] = typer.Option(None, help="folder for report.json/.html, junit.xml, history and logs"),
+          only: Optional[list[str]] = typer.Option(None, "--only", help="judge just this check (repeatable): "
+                                                   "only the phases and faults it needs run - faster, not a grade"),
+          exit_zero: bool = typer.Option(False, "--exit-zero", help="exit 0 for a graded run even below full "
+                                         "marks (`make check-N` uses it); without it: 1 unless every check passed")) -> None:
+    """Grade a submission: per-check points, evidence and hints, and report.html with the run's timeline.
+    Exit code 1 if any check did not pass (unless --exit-zero), 2 if it could not start."""
     from .report.console import print_report
-    from .report.json import write_json
-    from .report.junit import write_junit
     from .runner import grade
 
     spec = _lab(lab)
+    known = [c.id for c in spec.checks]
+    unknown = [c for c in only or [] if c not in known]
+    if unknown:
+        fail(f"{spec.id} has no check {', '.join(unknown)} (its checks: {', '.join(known)})")
     submission = submission or spec.starter
     out = out or Path("results") / spec.id
     console.print(f"grading [bold]{submission}[/] against {spec.id} ({spec.title})")
-    report = grade(spec, submission, runtime, seed, out, say=lambda m: console.print(f"[dim]· {m}[/]", highlight=False))
+    report = grade(spec, submission, runtime, seed, out, say=lambda m: console.print(f"[dim]· {m}[/]", highlight=False),
+                   only=tuple(only or ()))
     print_report(report, console)
+    html = _write_reports(report, out)
+    console.print(f"[dim]reports: {out / 'report.json'}, {out / 'junit.xml'}; history: {out / 'history.jsonl'}[/]",
+                  highlight=False)
+    console.print(f"[bold]report with the timeline, faults and traces:[/] {html}", highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if report.passed or exit_zero else 1)
+
+
+def _write_reports(report, out: Path) -> Path:
+    """report.json, junit.xml and report.html of a run; returns the HTML's path (absolute: a link to click)."""
+    from .report.html import write_html
+    from .report.json import write_json
+    from .report.junit import write_junit
+
     write_json(report, out / "report.json")
     write_junit(report, out / "junit.xml")
-    console.print(f"[dim]reports: {out / 'report.json'}, {out / 'junit.xml'}; history: {out / 'history.jsonl'}[/]")
-    raise typer.Exit(0 if report.passed else 1)
+    html = (out / "report.html").resolve()
+    write_html(report, html, out / "history.jsonl")
+    return html
+
+
+@app.command("report")
+def report_cmd(results: Path = typer.Argument(..., help="a results folder of `labkit check` (report.json, history.jsonl)"),
+               out: Optional[Path] = typer.Option(None, help="where to write the page (default RESULTS/report.html)")) -> None:
+    """Render report.html (checks, evidence, timeline with fault bands, failing traces) from a saved run."""
+    from .report.html import write_html
+
+    try:
+        data = json.loads((results / "report.json").read_text())
+    except (OSError, ValueError) as e:
+        fail(f"{results}: no readable report.json ({e}); give a folder written by `labkit check` or `labkit grade`")
+    if not isinstance(data, dict) or "checks" not in data:
+        fail(f"{results / 'report.json'}: not a labkit report")
+    page = (out or results / "report.html").resolve()
+    write_html(data, page, results / "history.jsonl")
+    console.print(f"report: {page}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -36,8 +36,7 @@ from ..lab import REPO_ROOT, Lab
 from ..report.csv import write_class_csv, write_pass_rates_csv
 from .archive import UnsafeArchive
 from .discover import Submission, discover, fingerprint, git_commit, materialize
-from .outputs import write_all
-from .worker import error_report, replay_command
+from .outputs import error_report, replay_command, write_all
 
 
 @dataclass
