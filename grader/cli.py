@@ -280,7 +280,8 @@ def grade_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
               submissions: Path = typer.Argument(..., help="folder (or archive) of submissions: folders, git clones, "
                                                  "zip/tar archives; GitHub Classroom and Gradescope exports as they are"),
               out: Path = typer.Option(..., "--out", "-o", help="folder for every student's reports and the class CSV"),
-              jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="runs at once (each needs ~1 core, <1 GB)"),
+              jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="runs at once; a run mostly waits (~0.2 core, ~0.5 GB each), so more "
+                                                           "than the cores is fine (docs/instructors.md)"),
               force: bool = typer.Option(False, help="grade again what an earlier run already graded"),
               repeat: int = typer.Option(1, min=1, help="grade each submission N times: pass rate per check"),
               runtime: str = RuntimeOpt,
@@ -312,6 +313,9 @@ def grade_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
     console.print(table)
     console.print(f"class table: {out / 'class.csv'}; per student: {out}/<student>/ (report.json, report.html, "
                   f"results.json, classroom.json, junit.xml); summary: {out / 'summary.json'}", highlight=False)
+    for names in result.identical():
+        console.print(f"[yellow]identical submissions:[/] {', '.join(names)} (the same files; summary.json: identical_to)",
+                      highlight=False)
     if repeat > 1:
         flaky = [(name, cid, passed, runs) for name, rates in sorted(result.pass_rates().items())
                  for cid, (passed, runs) in rates.items() if runs and 0 < passed < runs]

@@ -325,3 +325,45 @@ def test_bundle_command(tmp_path):
     again = runner.invoke(cli.app, ["bundle", "--student", str(tmp_path / "kit")])
     assert again.exit_code == 2 and "exists" in again.output
     assert runner.invoke(cli.app, ["bundle", "lab-1", str(tmp_path / "x")]).exit_code == 2
+
+
+def test_identical_submissions_are_flagged():
+    from grader.batch.run import ClassResult
+
+    result = ClassResult(Path("graded"), contents={"alice": "d1", "bob": "d1", "carol": "d2", "dan": "d1"})
+    assert result.identical() == [["alice", "bob", "dan"]]
+
+
+def test_eta_comes_from_the_batch_pace_even_one_run_at_a_time():
+    from rich.progress import Progress
+
+    from grader.batch.run import EtaColumn
+
+    clock = [0.0]
+    column = EtaColumn()
+    with Progress(column, get_time=lambda: clock[0], disable=True) as progress:
+        task = progress.add_task("grading", total=5, completed=1, initial=1)  # one graded by an earlier call
+        assert column.render(progress.tasks[task]).plain == "-:--:--"
+        clock[0] = 60.0
+        progress.advance(task)
+        assert column.render(progress.tasks[task]).plain == "0:03:00"  # 3 left at 60 s each
+
+
+def test_the_worker_starts_without_a_runpy_warning():
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "grader.batch.worker", "--help"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and "RuntimeWarning" not in done.stderr, done.stderr
+
+
+def test_junit_replay_names_the_submission(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from grader.batch.outputs import error_report, replay_command, write_all
+    from grader.lab import find_lab
+
+    lab = find_lab("lab-1")
+    report = error_report(lab, tmp_path / "alice", "did not start", "native", seed=7)
+    write_all(report, tmp_path / "out", {"replay": replay_command(lab, tmp_path / "alice", 7, "native")})
+    props = {p.get("name"): p.get("value") for p in ET.parse(tmp_path / "out" / "junit.xml").getroot().iter("property")}
+    assert f"--submission {tmp_path / 'alice'}" in props["replay"]
+    assert f"--submission {tmp_path / 'alice'}" in report.replay_command()

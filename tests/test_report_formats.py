@@ -295,6 +295,9 @@ def test_every_format_counts_a_skip_the_same(tmp_path):
         def pass_rates(self):
             return {}
 
+        def identical(self):
+            return []
+
     write_summaries(Result(), type("Opts", (), {"repeat": 1})())
     summary = json.loads((tmp_path / "summary.json").read_text())["students"]["alice"]
     assert (summary["score"], summary["max_score"]) == expected
