@@ -186,7 +186,8 @@ def check(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission:
     report = grade(spec, submission, runtime, seed, out, say=lambda m: console.print(f"[dim]· {m}[/]", highlight=False),
                    only=tuple(only or ()))
     print_report(report, console)
-    html = _write_reports(report, out)
+    with console.status("writing report.html ..."):
+        html = _write_reports(report, out)
     console.print(f"[dim]reports: {out / 'report.json'}, {out / 'junit.xml'}; history: {out / 'history.jsonl'}[/]",
                   highlight=False)
     console.print(f"[bold]report with the timeline, faults and traces:[/] {html}", highlight=False, soft_wrap=True)

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from typer.testing import CliRunner
+
+from grader import cli
 
 from grader.checks import CheckResult
 from grader.history import History
@@ -231,16 +234,37 @@ def test_html_report_renders_in_a_headless_browser(tmp_path):
         pytest.skip("chromium not installed (apt-get install chromium) - the HTML is checked in CI")
     history = write_history(tmp_path / "history.jsonl")
     page = tmp_path / "report.html"
-    write_html(report(), page, history)
+    (tmp_path / "report.json").write_text(json.dumps(to_dict(report())))
+    rendered = CliRunner().invoke(cli.app, ["report", str(tmp_path)])  # what `labkit report RESULTS` does
+    assert rendered.exit_code == 0 and str(page) in rendered.output.replace("\n", ""), rendered.output
     base = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
             f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert "<svg" in dom.stdout and "No acknowledged order is lost" in dom.stdout, dom.stderr[-2000:]
+    assert "<th>#</th>" in dom.stdout, "faults are numbered in the table as above the plot"
     shot = tmp_path / "report.png"
     subprocess.run([*base, "--window-size=1200,1800", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000, "the screenshot (a test artefact) is missing or blank"
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fault_labels_close_in_time_take_lanes_of_their_own():
+    from grader.report.html import timeline_svg
+    from grader.report.timeline import label_lanes
+
+    assert label_lanes([1.0, 1.1, 1.2, 5.0, 5.05, 9.0], min_gap=0.5) == [0, 1, 2, 0, 1, 0]
+    events = list(jepsen_history())
+    for i, (fault, target) in enumerate([("kill", "order_api"), ("reset", "postgres"), ("restart-server", "postgres")]):
+        for phase, t in (("start", 1.31 + i * 0.01), ("end", 1.32 + i * 0.01)):
+            events.append({"t": t, "kind": "fault", "actor": "nemesis",
+                           "data": {"fault": fault, "target": target, "fid": 10 + i, "phase": phase}})
+    svg = timeline_svg(build(sorted(events, key=lambda e: e["t"])))
+    labels = re.findall(r'<text[^>]*fill: #1565c0" x="([\d.]+)" y="([\d.]+)"[^>]*>(\d+)</text>', svg)
+    by_number = {n: (float(x), float(y)) for x, y, n in labels}
+    assert set(by_number) >= {"1", "2", "3", "4"}, labels
+    heights = {by_number[n][1] for n in ("1", "2", "3", "4")}
+    assert len(heights) == 4, "four faults within 0.1 s: four lanes, no label over another"
 
 
 def test_html_shows_the_waterfall_of_a_trace_a_failing_check_cites(tmp_path):
@@ -301,3 +325,16 @@ def test_every_format_counts_a_skip_the_same(tmp_path):
     write_summaries(Result(), type("Opts", (), {"repeat": 1})())
     summary = json.loads((tmp_path / "summary.json").read_text())["students"]["alice"]
     assert (summary["score"], summary["max_score"]) == expected
+
+
+def test_labkit_report_renders_a_saved_run_and_refuses_other_folders(tmp_path):
+    write_history(tmp_path / "history.jsonl")
+    (tmp_path / "report.json").write_text(json.dumps(to_dict(report())))
+    done = CliRunner().invoke(cli.app, ["report", str(tmp_path), "--out", str(tmp_path / "page.html")])
+    assert done.exit_code == 0, done.output
+    html = (tmp_path / "page.html").read_text()
+    assert "<svg" in html and "No acknowledged order is lost" in html
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = CliRunner().invoke(cli.app, ["report", str(empty)])
+    assert refused.exit_code == 2 and "report.json" in refused.output

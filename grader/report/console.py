@@ -27,11 +27,11 @@ def _details(result: CheckResult) -> Panel:
 def fault_table(report: RunReport) -> Table:
     """The faults injected, one line each whatever the width: when, what on what, whether it bit.
     What each did in detail is in report.html (and report.json)."""
-    table = Table("when", "fault", "bit", title="faults injected (details in report.html)", title_justify="left",
-                  box=None, pad_edge=False, show_header=False, padding=(0, 1))
-    table.columns[0].no_wrap = True
-    table.columns[1].no_wrap, table.columns[1].overflow, table.columns[1].ratio = True, "ellipsis", 1
-    table.columns[2].no_wrap = True
+    table = Table(title="faults injected (details in report.html)", title_justify="left", box=None, pad_edge=False,
+                  show_header=False, padding=(0, 1), expand=True)
+    table.add_column("when", no_wrap=True, min_width=9)
+    table.add_column("fault", no_wrap=True, overflow="ellipsis", ratio=1)
+    table.add_column("bit", no_wrap=True, min_width=9)
     for f in report.faults:
         what = f.get("description") or f"{f['fault']} {f['target']}"
         if f.get("reason"):
@@ -59,13 +59,13 @@ def print_report(report: RunReport, console: Console | None = None) -> None:
     """Verdicts and evidence first; then the compact fault list, notes and the services' own errors;
     last the score with the verdicts in one line, so it stays in view."""
     console = console or Console()
-    table = Table(title=escape(f"{report.lab}: {report.title}"),
+    table = Table(expand=True, title=escape(f"{report.lab}: {report.title}"),
                   caption=escape(f"{report.submission} · {report.runtime} runtime · seed {report.seed} · "
                                  f"{report.duration:.0f}s"))
-    table.add_column("check")
+    table.add_column("check", ratio=1, min_width=18)
     table.add_column("result", no_wrap=True)
     table.add_column("points", justify="right", no_wrap=True)
-    table.add_column("")
+    table.add_column("", no_wrap=True, overflow="ellipsis", ratio=1)  # in full in the panels below
     for r in report.results:
         points = f"{r.points:g}/{r.max_points:g}"
         table.add_row(escape(r.title), _state(r), points, escape(r.message))
@@ -80,7 +80,8 @@ def print_report(report: RunReport, console: Console | None = None) -> None:
     if report.faults:
         console.print(fault_table(report))
     for note in report.notes:
-        console.print(f"[dim]note:[/] {escape(note)}")
+        if not note.startswith("nemesis plan:"):  # the plans are in report.html (and were shown as the run went)
+            console.print(f"[dim]note:[/] {escape(note)}")
     for name, log in report.logs_to_show().items():
         console.print(Panel(escape(plain(log).rstrip()), title=escape(f"{name}: last log lines"), title_align="left",
                             style="dim"))

@@ -21,9 +21,17 @@ _CONNECTION_ERRORS = re.compile(
 _TRACEBACK = "Traceback (most recent call last):"
 
 
+# psycopg_pool's warning when a server restart or a cut refuses its connections, and libpq's
+# indented continuation lines of such a message
+_POOL = re.compile(r"^error connecting in '[^']*': connection failed:")
+_LIBPQ_MORE = re.compile(r"^\s+(This probably means the server terminated abnormally|before or while processing)")
+
+
 def is_noise(line: str) -> bool:
     m = _RDKAFKA.match(line)
-    return bool(m and int(m.group(1)) >= 4)  # warnings, notices, info, debug: a broker came and went
+    if m:
+        return int(m.group(1)) >= 4  # warnings, notices, info, debug: a broker came and went
+    return bool(_POOL.match(line) or _LIBPQ_MORE.match(line))
 
 
 def _traceback_end(lines: list[str], start: int) -> int:
@@ -61,7 +69,7 @@ def quiet(text: str) -> str:
         i += 1
     notes = []
     if hidden_client:
-        notes.append(f"{hidden_client} librdkafka connection notices")
+        notes.append(f"{hidden_client} client lines about lost connections (librdkafka, psycopg_pool)")
     if hidden_tracebacks:
         notes.append(f"{hidden_tracebacks} tracebacks of lost connections")
     if notes:
