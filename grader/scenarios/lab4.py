@@ -239,7 +239,7 @@ def channels_shown(run: Run, every: float = 5.0) -> str:
             channels = observe_channels(run, History()) or []
             text = ", ".join(f"{c['unacked']}/{c['prefetch']}" for c in channels if c["consumers"]) or "no consumer"
         except Exception as e:  # the broker restarting, rabbitmqctl slow
-            text = f"not readable ({type(e).__name__}: {str(e).splitlines()[0][:60]})"
+            text = f"not readable now ({type(e).__name__}; asked again every {every:g} s)"
         last = run.state["channels_shown"] = (time.monotonic(), text)
     return last[1]
 
