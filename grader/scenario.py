@@ -199,6 +199,22 @@ def select(scenario: Scenario, only: list[str] | tuple[str, ...]) -> Selection:
                      + "; only the chosen checks are judged, so the score is not a grade")
 
 
+def undeclared_faults(scenario: Scenario, history: History) -> list[str]:
+    """Faults a run injected in a phase that does not declare their kind (`Phase.injects`): what
+    `--only` would then wrongly leave out. Empty for a lab whose phases declare nothing (all run)."""
+    if not all(p.declared for p in scenario.phases):
+        return []
+    phases = {p.name: p for p in scenario.phases}
+    current, wrong = None, []
+    for e in history.events():
+        if e.kind == "note" and e.data.get("phase") in phases:
+            current = phases[e.data["phase"]]
+        elif e.kind == "fault" and e.data.get("phase") in ("start", "unavailable") and current is not None:
+            if e.data.get("fault") not in current.kinds():
+                wrong.append(f"{e.data.get('fault')} in phase {current.name!r}")
+    return sorted(set(wrong))
+
+
 def play(scenario: Scenario, run: "Run") -> None:
     """Run each phase: its nemesis in the background, its workload step in the foreground; the
     scenario's observers sample in the background for the whole play."""

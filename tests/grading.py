@@ -29,6 +29,11 @@ def assert_reference_passes_and_recheck_agrees(lab: Lab, out_dir: Path, runtime:
     assert report.passed, summary(report)
     assert report.score == report.max_score
     assert all(f["effective"] for f in report.faults if not f.get("reason")), summary(report)
+    from grader.runner import scenario_of
+    from grader.scenario import undeclared_faults
+
+    history = History.load_jsonl(out_dir / "history.jsonl")
+    assert not undeclared_faults(scenario_of(lab), history), "phases must declare what they inject (--only)"
     again = report_from_history(lab, History.load_jsonl(out_dir / "history.jsonl"), report.submission, report.seed,
                                 report.runtime, report.started_at, report.duration)
     assert [(r.id, r.state, r.points, r.message, r.evidence) for r in again.results] == \
