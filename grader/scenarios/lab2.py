@@ -166,12 +166,15 @@ def traces(run: Run, ctx: PhaseContext) -> None:
 RELAY_CRASHES = [(CrashPoint.kind, "cdc_relay"), (HoldThenKill.kind, "cdc_relay")]
 SCENARIO = Scenario(
     params=P,
-    phases=[Phase("start, refuse some commits, probe the API contract", start),
-            Phase("load under relay, service, projector and database faults", load, faults, P.load_max_seconds),
-            Phase("API restart, duplicates", more_faults),
-            Phase("quiesce and observe", settle_and_observe),
-            Phase("poison records", poison),
-            Phase("traces: traced orders, a redelivery, SIGTERM flush", traces)],
+    phases=[Phase("start, refuse some commits, probe the API contract", start,
+                  injects=(RejectCommits.kind, StallCommits.kind, Delay.kind), always=True),
+            Phase("load under relay, service, projector and database faults", load, faults, P.load_max_seconds,
+                  injects=(CrashPoint.kind, HoldThenKill.kind, Cut.kind, RestartServer.kind)),
+            Phase("API restart, duplicates", more_faults, injects=(Kill.kind, Duplicates.kind)),
+            Phase("quiesce and observe", settle_and_observe, always=True),
+            Phase("poison records", poison, injects=(Poison.kind,)),
+            Phase("traces: traced orders, a redelivery, SIGTERM flush", traces, injects=(Duplicates.kind,),
+                  serves=("traces",))],
     observers=[slot_sampler(lambda run: run.ns.database_url)],
     checks={
         "api-contract": Check(check_api_contract, needs=[(Delay.kind, "postgres"), (Kill.kind, "order_service")]),
