@@ -271,7 +271,7 @@ def grade_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
             failed = f"not graded: {checks[0].get('message', '')}"
         table.add_row(name, f"{report.get('score', 0):g}/{report.get('max_score', 0):g}", failed)
     console.print(table)
-    console.print(f"class table: {out / 'class.csv'}; per student: {out}/<student>/ (report.json, report.html, "
+    console.print(f"class table: {out / 'class.csv'}; per student: {out / 'students'}/<student>/ (report.json, report.html, "
                   f"results.json, classroom.json, junit.xml); summary: {out / 'summary.json'}", highlight=False)
     if repeat > 1:
         flaky = [(name, cid, passed, runs) for name, rates in sorted(result.pass_rates().items())

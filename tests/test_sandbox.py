@@ -217,6 +217,38 @@ def test_the_wall_time_limit_kills_the_whole_run(run_env, sandbox_for, tmp_path)
     assert box.expired and box.pids() == set()
 
 
+def test_links_out_of_the_submission_are_not_copied_into_the_sandbox(sandbox_for, tmp_path):
+    """tests/hostile/links_out: the kit's reference via /proc/self/cwd, a classmate via `..`, a link to
+    a link. The copy holds none of them, each left out with a note for the report; a link that stays
+    inside is kept and resolves inside the copy."""
+    submission = tmp_path / "links_out"
+    shutil.copytree(HOSTILE / "links_out", submission, symlinks=True)
+    (submission / "own").mkdir()
+    (submission / "own" / "x.py").write_text("X = 1\n")
+    (submission / "inside").symlink_to("own/x.py")
+    cwd = os.getcwd()
+    os.chdir(REPO)  # from here /proc/self/cwd/services is the kit's reference
+    try:
+        box = sandbox_for(submission)
+    finally:
+        os.chdir(cwd)
+    assert sorted(p.name for p in box.workdir.iterdir()) == [".home", "inside", "own"]
+    assert (box.workdir / "inside").read_text() == "X = 1\n"
+    assert sorted(note.split(":")[0] for note in box.notes) == ["kit", "order_api", "read_model", "services"]
+
+
+def test_tmp_and_dev_shm_are_writable_by_the_run(sandbox_for, tmp_path):
+    box = sandbox_for(HOSTILE / "hangs")
+    code = ("import os, tempfile\n"
+            "with tempfile.NamedTemporaryFile(dir=os.environ['TMPDIR']) as f: f.write(b'x')\n"
+            "open('/dev/shm/labkit-probe', 'w').write('x')\n"
+            "print('WROTE', tempfile.gettempdir())\n")
+    proc = box.spawn([sys.executable, "-c", code], tmp_path / "probe.log", {})
+    wait_until(lambda: not proc.alive(), 60, "the probe to exit")
+    log = (tmp_path / "probe.log").read_text(errors="replace")
+    assert proc.exit_code() == 0 and "WROTE /tmp" in log, log
+
+
 def test_crash_markers_are_copied_back_but_never_a_fifo(sandbox_for, tmp_path):
     box = sandbox_for(HOSTILE / "hangs")
     public = tmp_path / "crash-1.json"

@@ -1,15 +1,17 @@
 """Grade a class: every submission (N times with --repeat), in parallel up to a bound, resumable.
 
-Layout of --out:
-  class.csv              one row per student, one column per check (run 1)
-  pass-rates.csv         --repeat N: per student and check, the fraction of runs that passed
-  summary.json           per student: score, runs, pass rates, and a replay command per failure
-  <student>/             run 1: report.json, junit.xml, results.json (Gradescope), classroom.json,
-                         report.html, history.jsonl, logs/, worker.log, meta.json
-  <student>/runs/<k>/    runs 2..N of --repeat, the same files
-  .work/                 unpacked archives (the folders actually graded)
-A run is skipped on a second invocation when its report.json exists and meta.json's fingerprint
-matches the submission as it is now (a resubmission is graded again); --force grades everything.
+Layout of --out (0700, files 0600: seeds and reports are the instructor's alone):
+  class.csv                       one row per student, one column per check (run 1)
+  pass-rates.csv                  --repeat N: per student and check, the fraction of runs that passed
+  summary.json                    per student: score, runs, pass rates, and a replay command per failure
+  students/<student>/             run 1: report.json, junit.xml, results.json (Gradescope), classroom.json,
+                                  report.html, history.jsonl, logs/, worker.log, meta.json
+  students/<student>/runs/<k>/    runs 2..N of --repeat, the same files
+  .work/<student>/<fingerprint>/  unpacked archives (the folders actually graded), one per version
+Student folders sit under students/: a name comes from what a student handed in (`summary.json.zip`),
+so no name can be a file of the batch's own. A run is skipped on a second invocation when its
+report.json exists and meta.json's fingerprint matches the submission as it is now (a resubmission is
+graded again, from a fresh unpacking); --force grades everything.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 
 from ..lab import REPO_ROOT, Lab
 from ..report.csv import write_class_csv, write_pass_rates_csv
-from .archive import UnsafeArchive
+from ..archive import UnsafeArchive
+from ..untrusted import Refused
 from .discover import Submission, discover, fingerprint, git_commit, materialize
 from .outputs import write_all
 from .worker import error_report, replay_command
@@ -87,8 +90,30 @@ class ClassResult:
         return rates
 
 
+STUDENTS = "students"  # --out/students/<name>/: where no file of the batch's own can be
+
+
 def run_dir(out: Path, student: str, run: int) -> Path:
-    return out / student if run == 1 else out / student / "runs" / str(run)
+    folder = out / STUDENTS / student
+    return folder if run == 1 else folder / "runs" / str(run)
+
+
+def private(path: Path) -> None:
+    """`path` (a file, or a folder and all in it) for the instructor alone: folders 0700, files 0600.
+    Links are left alone (never followed)."""
+    if path.is_symlink() or not path.exists():
+        return
+    if not path.is_dir():
+        os.chmod(path, 0o600)
+        return
+    os.chmod(path, 0o700)
+    for folder, dirs, files in os.walk(path):
+        for name in dirs:
+            if not os.path.islink(os.path.join(folder, name)):
+                os.chmod(os.path.join(folder, name), 0o700)
+        for name in files:
+            if not os.path.islink(os.path.join(folder, name)):
+                os.chmod(os.path.join(folder, name), 0o600)
 
 
 def _graded(folder: Path, fp: str) -> dict | None:
@@ -132,7 +157,7 @@ def _grade_once(lab: Lab, sub: Submission, folder: Path, out_dir: Path, opts: Op
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").unlink(missing_ok=True)
     argv = [sys.executable, "-m", "grader.batch.worker", lab.id, str(folder), "--out", str(out_dir),
-            "--runtime", opts.runtime, "--student", sub.name]
+            "--runtime", opts.runtime, "--student", sub.name, *(a for note in sub.notes for a in ("--note", note))]
     if opts.seed is not None:
         argv += ["--seed", str(opts.seed)]
     if opts.isolated:
@@ -160,6 +185,7 @@ def _grade_once(lab: Lab, sub: Submission, folder: Path, out_dir: Path, opts: Op
     except (OSError, ValueError):
         seed = opts.seed or 0
         report = error_report(lab, folder, f"{reason} (see {out_dir / 'worker.log'})", opts.runtime, seed)
+        report.notes += sub.notes
         write_all(report, out_dir, {"student": sub.name, "replay": replay_command(lab, folder, seed, opts.runtime)})
         return json.loads((out_dir / "report.json").read_text())
 
@@ -170,6 +196,7 @@ def _refused(lab: Lab, sub: Submission, out: Path, why: str, opts: Options) -> l
     for k in range(1, opts.repeat + 1):
         folder = run_dir(out, sub.name, k)
         write_all(error_report(lab, sub.source, why, opts.runtime), folder, {"student": sub.name})
+        private(folder)
         outcomes.append(RunOutcome(sub.name, k, folder, json.loads((folder / "report.json").read_text())))
     return outcomes
 
@@ -178,18 +205,21 @@ def grade_class(lab: Lab, submissions: Path, out: Path, opts: Options | None = N
                 console: Console | None = None, on_outcome: Callable[[RunOutcome], None] | None = None) -> ClassResult:
     opts = opts or Options()
     out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)  # seeds, reports and unpacked submissions: the instructor's alone
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
     console = console or Console(stderr=True)
     result = ClassResult(out)
     todo: list[tuple[Submission, Path, str, int]] = []
     for sub in discover(submissions, lab, work):
-        fp = fingerprint(sub)
         try:
-            folder = materialize(sub, lab, work)
-        except UnsafeArchive as e:
+            fp = fingerprint(sub)
+            folder = materialize(sub, lab, work, fp)
+        except Refused as e:  # this student only: the batch goes on
             shutil.rmtree(work / sub.name, ignore_errors=True)
-            result.outcomes += _refused(lab, sub, out, f"the archive was refused: {e}", opts)
+            why = f"the archive was refused: {e}" if isinstance(e, UnsafeArchive) else str(e)
+            result.outcomes += _refused(lab, sub, out, why, opts)
             continue
         for k in range(1, opts.repeat + 1):
             done = None if opts.force else _graded(run_dir(out, sub.name, k), fp)
@@ -206,6 +236,7 @@ def grade_class(lab: Lab, submissions: Path, out: Path, opts: Options | None = N
                 "fingerprint": fp, "commit": git_commit(sub), "people": sub.people, "run": k,
                 "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (folder_out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        private(folder_out)
         return RunOutcome(sub.name, k, folder_out, report, seconds=time.monotonic() - t0)
 
     skipped = sum(o.skipped for o in result.outcomes)
@@ -281,3 +312,7 @@ def write_summaries(result: ClassResult, opts: Options) -> None:
         if opts.repeat > 1:
             (run_dir(out, name, 1) / "repeat.json").write_text(json.dumps(students[name], indent=2) + "\n")
     (out / "summary.json").write_text(json.dumps({"schema": "labkit.class/1", "students": students}, indent=2) + "\n")
+    os.chmod(out, 0o700)
+    for path in out.iterdir():
+        if path.is_file() and not path.is_symlink():
+            private(path)

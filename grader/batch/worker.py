@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--student", default="")
     parser.add_argument("--isolated", action="store_true", help="grade in the sandbox (grader/sandbox)")
+    parser.add_argument("--note", action="append", default=[], help="a note for the report (what unpacking left out)")
     args = parser.parse_args(argv)
     # SIGTERM from the batch (its deadline, or the batch being stopped): unwind, so grade() stops the
     # run's servers and services on the way out instead of leaving them to the guardian.
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"student's code - see {args.out / 'grader-error.txt'}", args.runtime, args.seed or 0)
     if ORPHANED.is_set():
         return 1
+    report.notes += args.note
     extra = {"student": args.student, "replay": replay_command(lab, args.submission, report.seed, report.runtime)}
     write_all(report, args.out, extra)
     print(json.dumps({"score": report.score, "max_score": report.max_score, "seed": report.seed}), flush=True)
