@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .lab import REPO_ROOT, LabError, all_labs, find_lab
+from .report.safe_text import markup_safe
 from .stack import RUNTIMES, StackError, make_stack, resolve_runtime
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -25,7 +26,7 @@ RuntimeOpt = typer.Option("auto", "--runtime", "-r", help=f"one of {', '.join(RU
 
 
 def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {markup_safe(message, multiline=True)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -175,8 +176,9 @@ def check(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission:
     spec = _lab(lab)
     submission = submission or spec.starter
     out = out or Path("results") / spec.id
-    console.print(f"grading [bold]{submission}[/] against {spec.id} ({spec.title})")
-    report = grade(spec, submission, runtime, seed, out, say=lambda m: console.print(f"[dim]· {m}[/]", highlight=False))
+    console.print(f"grading [bold]{markup_safe(submission)}[/] against {spec.id} ({spec.title})")
+    report = grade(spec, submission, runtime, seed, out,
+                   say=lambda m: console.print(f"[dim]· {markup_safe(m, multiline=True)}[/]", highlight=False))
     print_report(report, console)
     write_json(report, out / "report.json")
     write_junit(report, out / "junit.xml")
@@ -212,8 +214,9 @@ def trace(results: Path = typer.Argument(..., help="a results folder written by 
         ops = [op for op in ops if op.invoke.get("probe") == "trace"] or ops[-1:]
     faults = faults_in_span_clock(fault_events(history), wall_t0_ns(history))
     for op in ops if (all_traced or order) else ops[-1:]:
-        console.print(f"[bold]{op.f}[/] request #{op.id} (key {op.invoke.get('key')}) -> {op.result.get('status')}  "
-                      f"[dim]trace {op.invoke['trace_id']}[/]")
+        console.print(f"[bold]{markup_safe(op.f)}[/] request #{op.id} (key {markup_safe(op.invoke.get('key'))}) -> "
+                      f"{markup_safe(op.result.get('status'))}  [dim]trace {markup_safe(op.invoke['trace_id'])}[/]",
+                      highlight=False)
         console.print(render_trace(spans, op.invoke["trace_id"], faults))
 
 
@@ -269,7 +272,8 @@ def grade_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
         failed = ", ".join(c["id"] for c in checks if c.get("state") in ("FAIL", "ERROR")) or "-"
         if checks and all(c.get("state") == "ERROR" for c in checks):  # nothing ran: say why instead
             failed = f"not graded: {checks[0].get('message', '')}"
-        table.add_row(name, f"{report.get('score', 0):g}/{report.get('max_score', 0):g}", failed)
+        table.add_row(markup_safe(name), f"{report.get('score', 0):g}/{report.get('max_score', 0):g}",
+                      markup_safe(failed, multiline=True))
     console.print(table)
     console.print(f"class table: {out / 'class.csv'}; per student: {out / 'students'}/<student>/ (report.json, report.html, "
                   f"results.json, classroom.json, junit.xml); summary: {out / 'summary.json'}", highlight=False)
@@ -277,7 +281,7 @@ def grade_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
         flaky = [(name, cid, passed, runs) for name, rates in sorted(result.pass_rates().items())
                  for cid, (passed, runs) in rates.items() if runs and 0 < passed < runs]
         for name, cid, passed, runs in flaky:
-            console.print(f"[yellow]flaky:[/] {name} {cid} passed {passed}/{runs} runs", highlight=False)
+            console.print(f"[yellow]flaky:[/] {markup_safe(name)} {cid} passed {passed}/{runs} runs", highlight=False)
         console.print(f"pass rates: {out / 'pass-rates.csv'}; a replay command per failure in summary.json")
 
 

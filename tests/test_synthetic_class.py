@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,6 +112,7 @@ def graded(tmp_path_factory):
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=2700, cwd=REPO_ROOT, env=env)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        (root / "grade-output.txt").write_text(done.stdout + done.stderr)  # what the instructor's terminal got
         reports = {p.parent.name: json.loads(p.read_text()) for p in out.glob("students/*/report.json")}
         left = leftovers(tmp)
         again = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env)
@@ -176,6 +178,23 @@ def test_a_hostile_submission_scores_nothing_and_its_attack_fails(graded, name):
     assert report["score"] == 0, describe(report)
     logs = " ".join(p.read_text(errors="replace") for p in (out / "students" / f"hostile-{name}").rglob("*.log"))
     assert "ATTACK SUCCEEDED" not in logs, [line for line in logs.splitlines() if "ATTACK SUCCEEDED" in line][:5]
+
+
+TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_nothing_a_submission_shaped_reaches_the_terminal_raw(graded):
+    """tests/hostile/terminal_escapes: escape sequences in its spans, log and exit message. `labkit grade`
+    (not a terminal here: rich adds no codes of its own) and `labkit recheck` show them only as text."""
+    out, reports, _, _ = graded
+    shown = (out.parent / "grade-output.txt").read_text()
+    assert not TERMINAL_CONTROLS.search(shown), repr(TERMINAL_CONTROLS.search(shown))
+    if "hostile-terminal_escapes" in reports:
+        recheck = subprocess.run([sys.executable, "-m", "grader.cli", "recheck",
+                                  str(out / "students" / "hostile-terminal_escapes")],
+                                 capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        assert "\\x1b" in recheck.stdout, recheck.stdout[-2000:]
+        assert not TERMINAL_CONTROLS.search(recheck.stdout + recheck.stderr)
 
 
 @needs_isolation

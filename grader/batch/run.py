@@ -36,6 +36,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 
 from ..lab import REPO_ROOT, Lab
 from ..report.csv import write_class_csv, write_pass_rates_csv
+from ..report.safe_text import markup_safe
 from ..archive import UnsafeArchive
 from ..untrusted import Refused
 from .discover import Submission, discover, fingerprint, git_commit, materialize
@@ -255,7 +256,7 @@ def grade_class(lab: Lab, submissions: Path, out: Path, opts: Options | None = N
                 r = outcome.report
                 mark = "[green]✓[/]" if r.get("passed") else "[red]✗[/]"
                 run = f" run {outcome.run}" if opts.repeat > 1 else ""
-                progress.console.print(f"{mark} {outcome.student}{run}: {r.get('score', 0):g}/{r.get('max_score', 0):g}"
+                progress.console.print(f"{mark} {markup_safe(outcome.student)}{run}: {r.get('score', 0):g}/{r.get('max_score', 0):g}"
                                        f"  [dim]{outcome.seconds:.0f} s[/]", highlight=False)
                 progress.advance(bar)
                 if on_outcome:

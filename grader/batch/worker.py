@@ -20,6 +20,7 @@ from pathlib import Path
 from ..checks import CheckResult
 from ..lab import Lab, find_lab
 from ..report import RunReport
+from ..report.safe_text import printable
 from .outputs import write_all
 
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = find_lab(args.lab)
     try:
         report = grade(lab, args.submission, args.runtime, args.seed, args.out,
-                       say=lambda m: print(m, flush=True), **grade_options(args.isolated))
+                       say=lambda m: print(printable(m, multiline=True), flush=True), **grade_options(args.isolated))
     except Exception as e:  # grade() reports learner failures itself; this is the grader's own crash
         (args.out / "grader-error.txt").write_text(traceback.format_exc())
         report = error_report(lab, args.submission, f"the grader failed ({type(e).__name__}: {e}); not the "
