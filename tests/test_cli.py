@@ -127,3 +127,14 @@ def test_printable_keeps_ordinary_text():
     assert printable("José → ✓ 日本 tab\there") == "José → ✓ 日本 tab\there"
     assert printable("a\nb") == "a\\x0ab" and printable("a\r\nb", multiline=True) == "a\nb"
     assert markup_safe("[link=http://evil]x[/link]") == "\\[link=http://evil]x\\[/link]"
+
+
+def test_labkit_check_never_runs_code_through_a_link_out_of_the_submission():
+    """tests/hostile/links_out, checked from the kit's folder (where /proc/self/cwd/services is the
+    reference): without the links nothing runs, so 0 points, and the notes say which links were left out."""
+    out = labkit("check", "lab-1", "--submission", "tests/hostile/links_out", "--runtime", "native", "--seed", "3",
+                 cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "score 0/" in out.stdout
+    for name in ("order_api", "read_model", "services", "kit"):
+        assert f"note: {name}: a link out of the submission" in out.stdout
