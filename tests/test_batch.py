@@ -134,6 +134,13 @@ def test_archive_refuses_a_member_declaring_more_than_the_cap(tmp_path):
         extract(path, tmp_path / "out")
 
 
+def test_archive_unpacking_has_a_deadline(tmp_path):
+    archive = zip_of(tmp_path / "alice.zip", {"order_api/__main__.py": b"x"})
+    with pytest.raises(UnsafeArchive, match="took longer than"):
+        extract(archive, tmp_path / "out", Limits(seconds=0.001))
+    assert not (tmp_path / "out").exists()
+
+
 def test_archive_counts_folders_as_entries(tmp_path):
     path = tmp_path / "dirs.zip"
     with zipfile.ZipFile(path, "w") as zf:
@@ -334,7 +341,7 @@ def test_students_named_after_the_batchs_own_files_cannot_break_it(tmp_path):
     assert json.loads((out / "summary.json").read_text())["students"].keys() == {"summary.json", "class.csv"}
     assert (out / "students" / "summary.json" / "report.json").is_file()
     assert len((out / "class.csv").read_text().splitlines()) == 3
-    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700 and stat.S_IMODE((out / "students").stat().st_mode) == 0o700
     for path in [out / "summary.json", out / "class.csv", *(out / "students").rglob("*")]:
         if path.is_file():
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

@@ -206,10 +206,13 @@ def grade_class(lab: Lab, submissions: Path, out: Path, opts: Options | None = N
                 console: Console | None = None, on_outcome: Callable[[RunOutcome], None] | None = None) -> ClassResult:
     opts = opts or Options()
     out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    os.chmod(out, 0o700)  # seeds, reports and unpacked submissions: the instructor's alone
     work = out / ".work"
-    work.mkdir(parents=True, exist_ok=True)
+    ours = not out.exists() or work.is_dir()  # never chmod a folder that was not made for this (`--out /tmp`)
+    out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, work, out / STUDENTS):  # seeds, reports and submissions: the instructor's alone
+        folder.mkdir(exist_ok=True)
+        if folder != out or ours:
+            os.chmod(folder, 0o700)
     console = console or Console(stderr=True)
     result = ClassResult(out)
     todo: list[tuple[Submission, Path, str, int]] = []
@@ -313,7 +316,6 @@ def write_summaries(result: ClassResult, opts: Options) -> None:
         if opts.repeat > 1:
             (run_dir(out, name, 1) / "repeat.json").write_text(json.dumps(students[name], indent=2) + "\n")
     (out / "summary.json").write_text(json.dumps({"schema": "labkit.class/1", "students": students}, indent=2) + "\n")
-    os.chmod(out, 0o700)
     for path in out.iterdir():
         if path.is_file() and not path.is_symlink():
             private(path)
