@@ -47,6 +47,7 @@ class Limits:
 
 
 HEADER_BYTES = Limits.header_bytes
+NOTES = 20  # notes on what was skipped, at most (they travel on a command line and into the report)
 CLASS_LIMITS = Limits(total_bytes=2 << 30, files=200_000)  # a whole class in one archive (its archives within)
 
 
@@ -175,8 +176,8 @@ def _extract_here(archive: Path, dest: Path, limits: Limits) -> list[str]:
                 with src:
                     budget.copy(src, target, name)
             else:
-                skipped.append(f"{name}: {kind} entries are not extracted")
-    return skipped
+                skipped.append(f"{name[:200]}: {kind} entries are not extracted")
+    return skipped[:NOTES] + ([f"... and {len(skipped) - NOTES} more"] if len(skipped) > NOTES else [])
 
 
 def extract(archive: Path, dest: Path, limits: Limits = Limits()) -> list[str]:
@@ -226,7 +227,7 @@ def main(argv: list[str]) -> int:
     try:
         skipped = _extract_here(archive, dest, limits)
     except UnsafeArchive as e:
-        answer = {"refused": str(e)}
+        answer = {"refused": str(e)[:500]}
     except MemoryError:
         answer = {"refused": f"unpacking {archive.name} needs more than {limits.memory >> 20} MiB of memory"}
     except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, OSError, ValueError,

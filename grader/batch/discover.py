@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..lab import Lab
 from ..untrusted import NOT_SUBMITTED, Refused, Walked, open_regular, walk
-from ..archive import CLASS_LIMITS, Limits, extract, is_archive, stem
+from ..archive import CLASS_LIMITS, SUFFIXES, Limits, extract, is_archive, stem
 
 SKIP_NAMES = set(NOT_SUBMITTED)
 GRADESCOPE_METADATA = "submission_metadata.yml"
@@ -77,7 +77,8 @@ def _entries(folder: Path) -> list[Path]:
     so: the folder may be a submission itself, Gradescope's /autograder/submission)."""
     return sorted(p for p in folder.iterdir()
                   if not p.name.startswith(".") and p.name not in SKIP_NAMES
-                  and (p.is_symlink() or _real_dir(p) or is_archive(p)))
+                  and (_real_dir(p) or is_archive(p) or (p.is_symlink() and (p.is_dir() or
+                                                                           p.name.lower().endswith(SUFFIXES)))))
 
 
 def _real_dir(path: Path) -> bool:

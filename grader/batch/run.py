@@ -158,7 +158,7 @@ def _grade_once(lab: Lab, sub: Submission, folder: Path, out_dir: Path, opts: Op
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").unlink(missing_ok=True)
     argv = [sys.executable, "-m", "grader.batch.worker", lab.id, str(folder), "--out", str(out_dir),
-            "--runtime", opts.runtime, "--student", sub.name, *(a for note in sub.notes for a in ("--note", note))]
+            "--runtime", opts.runtime, "--student", sub.name, *(f"--note={note}" for note in sub.notes)]
     if opts.seed is not None:
         argv += ["--seed", str(opts.seed)]
     if opts.isolated:
