@@ -38,6 +38,7 @@ from ..lab import REPO_ROOT, Lab
 from ..report.csv import write_class_csv, write_pass_rates_csv
 from ..report.safe_text import markup_safe
 from ..archive import UnsafeArchive
+from ..stack.procs import CappedLog
 from ..untrusted import Refused
 from .discover import Submission, discover, fingerprint, git_commit, materialize
 from .outputs import write_all
@@ -145,6 +146,9 @@ _running_lock = threading.Lock()
 _stopping = threading.Event()  # the batch is being stopped: unfinished runs are left ungraded, not ERROR
 
 
+WORKER_LOG_MAX = 4 << 20  # bytes of a run's worker.log; the rest is read and dropped
+
+
 class Interrupted(Exception):
     """A run stopped because the batch was stopped; it is graded on the next invocation."""
 
@@ -165,9 +169,11 @@ def _grade_once(lab: Lab, sub: Submission, folder: Path, out_dir: Path, opts: Op
         argv.append("--isolated")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
            "LABKIT_BATCH_PID": str(os.getpid())}  # the worker stops itself once this process is gone
-    with open(out_dir / "worker.log", "w") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                cwd=REPO_ROOT)
+    with open(out_dir / "worker.log", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=REPO_ROOT)
+        copier = CappedLog(proc.stdout, log, WORKER_LOG_MAX)  # its messages quote the submission's errors
+        copier.start()
         with _running_lock:
             _running.add(proc)
         try:
@@ -179,6 +185,7 @@ def _grade_once(lab: Lab, sub: Submission, folder: Path, out_dir: Path, opts: Op
         finally:
             with _running_lock:
                 _running.discard(proc)
+            copier.join(10)
     if _stopping.is_set():
         raise Interrupted(sub.name)
     try:

@@ -65,6 +65,7 @@ class Limits:
     open_files: int = 4096           # per process (RLIMIT_NOFILE)
     log_size: int = 8 << 20          # bytes of log per service life; the rest is dropped
     disk: int = 512 << 20            # its copy, HOME and markers together (a tmpfs of this size)
+    cpus: float = 1.0                # CPU time of all its processes together, in CPUs (a cgroup quota)
 
 
 class Sandbox:
@@ -133,7 +134,8 @@ class Sandbox:
         os.chmod(self.workdir, 0o700)
         _build_site(self.site, self.expose)
         Cgroup.sweep("labkit-labkit-sandbox-", lambda name: (self.root.parent / name.removeprefix("labkit-")).exists())
-        self.cgroup = Cgroup.create(f"labkit-{self.root.name}", self.limits.memory, self.limits.processes)
+        self.cgroup = Cgroup.create(f"labkit-{self.root.name}", self.limits.memory, self.limits.processes,
+                                    self.limits.cpus)
         self.egress = Egress.create(uid)
         self._timer = threading.Timer(self.limits.wall_time, self._expire)
         self._timer.daemon = True
