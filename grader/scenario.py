@@ -142,10 +142,14 @@ class Phase:
 @dataclass
 class Check:
     """A checker (a pure function of the history) and the faults it needs to mean anything:
-    (kind, target) pairs that must all have bitten, else the check is SKIP with the reason."""
+    (kind, target) pairs that must all have bitten, else the check is SKIP with the reason. And the
+    events its bug needs (grader/checks/events.py: each a function of the history returning None
+    if the event happened, else why not): a fault that bit while nothing it could expose was going on
+    proves nothing either, so a missing event is SKIP too, never a vacuous PASS."""
 
     fn: Callable[..., CheckResult]
     needs: list[tuple[str, str | None]] = field(default_factory=list)
+    events: list[Callable[[History], str | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -204,6 +208,8 @@ def judge(lab: "Lab", scenario: Scenario, history: History) -> list[CheckResult]
                                              "this lab's scenario has no checker for it (a grader bug)"))
             continue
         missing = [why_not(history, kind, target) for kind, target in check.needs if not happened(history, kind, target)]
+        if not missing:
+            missing = [why for event in check.events if (why := event(history))]
         if missing:
             results.append(CheckResult.skip(args["id"], args["title"], spec.points,
                                             "not verified: " + "; ".join(missing)))
