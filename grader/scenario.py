@@ -227,6 +227,27 @@ def judge(lab: "Lab", scenario: Scenario, history: History) -> list[CheckResult]
     return results
 
 
+class _Reading(History):
+    """The same events, noting which observation kinds the checks ask for."""
+
+    def __init__(self, history: History) -> None:
+        super().__init__()
+        self._events = history.events()
+        self.read: set[str] = set()
+
+    def observations(self, what: str) -> list:
+        self.read.add(what)
+        return super().observations(what)
+
+
+def unread_observations(lab: "Lab", scenario: Scenario, history: History) -> set[str]:
+    """Observation kinds the history holds that no check of the lab reads (judged as `judge` does):
+    evidence the grader gathers must prove some invariant (a lab README's "What the grader checks")."""
+    reading = _Reading(history)
+    judge(lab, scenario, reading)
+    return {e.data.get("what") for e in history.events("observe")} - reading.read
+
+
 def fault_summary(history: History) -> list[dict]:
     """The faults of a run for reports: kind, target, when, whether they bit, what they did."""
     return fault_events(history)

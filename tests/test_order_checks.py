@@ -10,7 +10,7 @@ from grader.checks.events import acknowledged_during, held, in_flight_during, re
 from grader.checks.orders import DOWNSTREAM, EVENTS, OUTBOX
 from grader.history import Event, History
 from grader.lab import find_lab
-from grader.scenario import judge
+from grader.scenario import Check, Params, Scenario, judge, unread_observations
 from grader.scenarios import lab1, lab2
 
 ARGS = {"id": "c", "title": "t", "max_points": 1}
@@ -146,3 +146,19 @@ def test_api_contract_skips_when_no_retry_after_an_unknown_outcome_was_answered(
     results = {r.id: r for r in judge(find_lab("lab-1"), lab1.SCENARIO, run.history)}
     assert results["api-contract"].state == "SKIP" and results["api-contract"].points == 0
     assert "no request whose outcome was unknown was sent again" in results["api-contract"].message
+
+
+def test_an_observation_no_check_reads_is_reported():
+    run = Clock().observe("downstream", orders=[], totals=[]).observe("gathered-and-ignored", rows=[])
+    unfaulted = Scenario(Params(), [], {cid: Check(c.fn) for cid, c in lab1.SCENARIO.checks.items()})
+    unread = unread_observations(find_lab("lab-1"), unfaulted, run.history)
+    assert "gathered-and-ignored" in unread and "downstream" not in unread
+
+
+def test_each_check_of_labs_1_and_2_is_a_row_of_the_readme_invariant_table():
+    for lab_id in ("lab-1", "lab-2"):
+        lab = find_lab(lab_id)
+        table = (lab.dir / "README.md").read_text().split("## What the grader checks", 1)[1].split("\n## ", 1)[0]
+        assert "| invariant | observation that proves it |" in table, lab_id
+        missing = [c.id for c in lab.checks if f"| `{c.id}` | {c.points:g} |" not in table]
+        assert not missing, f"{lab_id}: checks without a row in the README's table: {missing}"

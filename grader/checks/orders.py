@@ -104,15 +104,28 @@ def acknowledged(history: History) -> list[tuple[str, Op, str, bool]]:
     return out
 
 
+def unsettled(history: History) -> str:
+    """Why a loss may be a consumer still behind (the `quiesce` observation before the final read):
+    '' if everything had settled."""
+    seen = history.last_observation("quiesce")
+    if seen is None or seen.get("settled"):
+        return ""
+    return (f" (read after waiting {seen.get('timeout', 0):g} s for the system to settle, still pending: "
+            f"{', '.join(map(str, seen.get('pending') or [])) or '?'}: behind or stuck)")
+
+
 def check_no_lost_orders(history: History, **args) -> CheckResult:
     """Every acknowledged operation took effect downstream: each order answered 201 is there, and
     each order whose cancel was answered 200 is cancelled there."""
     if (bad := unreadable(history, **args)) is not None:
         return bad
     acked = acknowledged(history)
-    return check_lost(acknowledged={label: f"{what} ({_detail(op)}{fault_after(history, op.t_complete)})"
-                                    for label, op, what, _ in acked},
-                      applied={label for label, _, _, applied in acked if applied}, **args)
+    result = check_lost(acknowledged={label: f"{what} ({_detail(op)}{fault_after(history, op.t_complete)})"
+                                      for label, op, what, _ in acked},
+                        applied={label for label, _, _, applied in acked if applied}, **args)
+    if not result.passed:
+        result.message += unsettled(history)
+    return result
 
 
 def check_no_duplicate_effects(history: History, **args) -> CheckResult:
@@ -338,7 +351,7 @@ def no_lost_except(*claims: Claim):
         note = f"; {elsewhere} more judged by the checks of the faults they met" if elsewhere else ""
         if lost:
             return CheckResult.verdict(passed=False, message=f"{len(lost)} of {len(acked)} acknowledged operations "
-                                       f"never took effect downstream{note}",
+                                       f"never took effect downstream{note}{unsettled(history)}",
                                        evidence=[_loss_line(history, loss) for loss in lost], **args)
         return CheckResult.verdict(passed=True, message=f"all {len(acked)} acknowledged operations took effect "
                                    f"downstream{note}", **args)

@@ -37,6 +37,7 @@ from ..checks.contract import check_api_contract
 from ..checks.events import acknowledged_during, held, retried_unknown_answered
 from ..checks.orders import (DOWNSTREAM, EVENTS, OUTBOX, check_aggregate_order, check_no_duplicate_effects,
                              check_no_phantoms, lost_around, no_lost_except)
+from ..checks.poison import check_poison
 from ..checks.tracing import run_secret, trace_check
 from ..nemesis import CrashPoint, Cut, Delay, Duplicates, HoldThenKill, Kill, RestartServer
 from ..nemesis.database import RejectCommits, StallCommits
@@ -229,6 +230,8 @@ SCENARIO = Scenario(
         "database-restart": Check(lost_around(*RESTART_LOSSES[0], components=RESTART_LOSSES[1], unless=(RELAY_LOSSES,)),
                                   needs=[(RestartServer.kind, "postgres")]),
         "slot-hygiene": Check(check_slot_hygiene, needs=RELAY_CRASHES),
+        "poison-message": Check(lambda history, **args: check_poison(history, consumer="projector", **args),
+                                needs=[(Poison.kind, None)]),
         "traces": Check(trace_check("order_service", "cdc_relay", "projector", run_secret),
                         needs=[(Duplicates.kind, None), (Poison.kind, None)]),
     })
