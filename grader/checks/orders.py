@@ -119,12 +119,12 @@ def check_no_lost_orders(history: History, **args) -> CheckResult:
     each order whose cancel was answered 200 is cancelled there."""
     if (bad := unreadable(history, **args)) is not None:
         return bad
-    acked = acknowledged(history)
+    acked, settling = acknowledged(history), unsettled(history)
     result = check_lost(acknowledged={label: f"{what} ({_detail(op)}{fault_after(history, op.t_complete)})"
                                       for label, op, what, _ in acked},
                         applied={label for label, _, _, applied in acked if applied}, **args)
     if not result.passed:
-        result.message += unsettled(history)
+        result.message += settling
     return result
 
 
@@ -345,13 +345,14 @@ def no_lost_except(*claims: Claim):
     def check(history: History, **args) -> CheckResult:
         if (bad := unreadable(history, **args)) is not None:
             return bad
+        settling = unsettled(history)
         lost = [loss for loss in losses(history) if not any(claimed_by(history, loss, c) for c in claims)]
         elsewhere = len(losses(history)) - len(lost)
         acked = acknowledged(history)
         note = f"; {elsewhere} more judged by the checks of the faults they met" if elsewhere else ""
         if lost:
             return CheckResult.verdict(passed=False, message=f"{len(lost)} of {len(acked)} acknowledged operations "
-                                       f"never took effect downstream{note}{unsettled(history)}",
+                                       f"never took effect downstream{note}{settling}",
                                        evidence=[_loss_line(history, loss) for loss in lost], **args)
         return CheckResult.verdict(passed=True, message=f"all {len(acked)} acknowledged operations took effect "
                                    f"downstream{note}", **args)

@@ -113,19 +113,28 @@ def relay_publishing(run: Run) -> bool:
     return run.services["cdc_relay"].alive() and before is not None and confirmed != before
 
 
-def projector_crash_over(run: Run) -> bool:
-    return any(e.data.get("fault") == CrashPoint.kind and e.data.get("target") == "projector"
-               and e.data.get("phase") == "end" for e in run.history.events("fault"))
-
-
 def projector_hold(run: Run) -> list[At]:
     """The projector held just before a commit of fresh work past librdkafka's 5 s auto-commit
     interval, then SIGKILLed: offsets stored at poll (enable.auto.offset.store's default) are
-    committed in the background for records whose transaction never commits - a loss. After the
-    projector's crash point (one fault on a service at a time), counted from past its rejoin."""
+    committed in the background for records whose transaction never commits - a loss. Early in the
+    load, far from the broker cut (a cut during the hold stops the background commit too), counted
+    from past the rejoin; the projector's crash point waits for it (one fault on a service at a time)."""
     return [At(HoldThenKill("projector", "db-commit", run.rng.randrange(1, 4), hold=P.hold,
                             fallback_after=P.fallback_after, after_s=run.rng.uniform(4, 6), writes_only=True),
-               ready=projector_crash_over, ready_within=P.load_max_seconds)]
+               after_ok=5)]
+
+
+def after_projector_hold(schedules: list[list[At]]) -> list[list[At]]:
+    """The other schedules' projector faults wait until the hold is over."""
+    def hold_over(run: Run) -> bool:
+        return any(e.data.get("fault") == HoldThenKill.kind and e.data.get("target") == "projector"
+                   and e.data.get("phase") == "end" for e in run.history.events("fault"))
+
+    for steps in schedules:
+        for step in steps:
+            if step.fault.target == "projector" and step.ready is None:
+                step.ready, step.ready_within = hold_over, 60
+    return schedules
 
 
 def start(run: Run, ctx: PhaseContext) -> None:
@@ -206,7 +215,7 @@ SCENARIO = Scenario(
     params=P,
     phases=[Phase("start, refuse some commits, probe the API contract", start),
             Phase("load under relay, service, projector and database faults", load,
-                  lambda run: [*faults(run), projector_hold(run)], P.load_max_seconds),
+                  lambda run: [*after_projector_hold(faults(run)), projector_hold(run)], P.load_max_seconds),
             Phase("API restart, duplicates", more_faults),
             Phase("quiesce and observe", settle_and_observe),
             Phase("poison records", poison),
