@@ -73,8 +73,8 @@ def fault_after(history: History, t: float | None) -> str:
         return ""
     bit = sorted((f for f in fault_events(history) if f["effective"] and f["end"] is not None and f["end"] >= t),
                  key=lambda f: f["start"] or 0)
-    after = [f for f in bit if (f["start"] or 0) <= t] or bit
-    if not after:
+    after = sorted((f for f in bit if (f["start"] or 0) <= t), key=lambda f: -(f["start"] or 0)) or bit
+    if not after:  # (of the faults under way, the one that began last: a cut beats a hold begun long before)
         return "; no fault after it"
     f = after[0]
     how = (f.get("detail") or {}).get("how")

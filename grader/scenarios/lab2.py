@@ -54,7 +54,7 @@ from ..workloads.poison import poison_phase
 from ..workloads.tracing import trace_phase
 
 P = Params(orders=120, rate=30, concurrency=6, load_max_seconds=100, fallback_after=20.0, hold=7.0, stall=3.0,
-           slow=5, slow_every=2.0, broker_cut=12.0,
+           slow=5, slow_every=2.0, broker_cut=9.0,
            delay_ms=300, replays=5, rejects=4, duplicates=15, quiesce_timeout=60)
 DELIVERY_TIMEOUT_S = 5.0  # lab.toml's RELAY_DELIVERY_TIMEOUT_MS: the broker cut outlasts it
 REJECT = "reject-"  # customers whose orders the database refuses at COMMIT
