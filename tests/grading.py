@@ -10,7 +10,12 @@ from grader.cli import app
 from grader.history import History
 from grader.lab import Lab
 from grader.report import RunReport
-from grader.runner import grade, report_from_history
+from grader.runner import grade, report_from_history, scenario_of
+from grader.scenario import unread_observations
+
+# Labs whose README states each invariant with the observation that proves it: every observation
+# kind their scenario records must be read by some check (no evidence gathered and then ignored).
+EVERY_OBSERVATION_READ = {"lab-1", "lab-2"}
 
 
 def summary(report: RunReport) -> str:
@@ -29,7 +34,10 @@ def assert_reference_passes_and_recheck_agrees(lab: Lab, out_dir: Path, runtime:
     assert report.passed, summary(report)
     assert report.score == report.max_score
     assert all(f["effective"] for f in report.faults if not f.get("reason")), summary(report)
-    again = report_from_history(lab, History.load_jsonl(out_dir / "history.jsonl"), report.submission, report.seed,
+    history = History.load_jsonl(out_dir / "history.jsonl")
+    if lab.id in EVERY_OBSERVATION_READ:
+        assert not unread_observations(lab, scenario_of(lab), history), "observations no check reads"
+    again = report_from_history(lab, history, report.submission, report.seed,
                                 report.runtime, report.started_at, report.duration)
     assert [(r.id, r.state, r.points, r.message, r.evidence) for r in again.results] == \
            [(r.id, r.state, r.points, r.message, r.evidence) for r in report.results]
