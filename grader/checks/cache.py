@@ -16,6 +16,7 @@ from collections import defaultdict
 from typing import Any
 
 from ..history import History, Op
+from .generic import unsettled
 from .result import CheckResult
 
 FRESH_WITHIN = 10.0  # s: after a PUT is acknowledged, reads invoked this much later return its version or newer
@@ -311,6 +312,9 @@ def check_stale_set_race(history: History, **args: Any) -> CheckResult:
     if not history.last_observation("final-cache"):
         return CheckResult.error(message="the final cache state was never read (the run did not get there)", **args)
     evidence += final
+    waiting = unsettled(history)  # the versions were still moving when the grader compared them
+    if final:
+        evidence += waiting
     return CheckResult.verdict(passed=not evidence,
                                message=f"{len(probes)} slow misses interleaved with an update and its invalidation; "
                                        f"{n} products compared after quiescence, {len(final)} differ", evidence=evidence,

@@ -16,11 +16,11 @@ from typing import Callable, Sequence
 
 from ..history import History, Op
 from ..nemesis import fault_events
-from ..observe.amqp import BROKER_LOG, CHANNELS, CONNECTIONS, CONSUMERS, DLQ, erlang_pid
+from ..observe.amqp import BROKER_LOG, CHANNELS, CONNECTIONS, CONSUMERS, DLQ, QUEUES, erlang_pid
 from ..traces import ExpectedError, RecordHeader, Redelivery, Sel, Step
 from ..workloads.gateway import CALL
 from ..workloads.payments import accepted, plans
-from .generic import check_lost
+from .generic import check_lost, unsettled
 from .orders import fault_after
 from .result import CheckResult
 from .tracing import ChainEvidence, ChainTitles, chain_trace_check
@@ -160,8 +160,15 @@ def check_no_lost_payment(history: History, **args) -> CheckResult:
     acked = {p: op for p, op in accepted(history).items() if p not in poison}
     result = check_lost(acknowledged={p: f"{_op(op)}{fault_after(history, op.t_complete)}" for p, op in acked.items()},
                         applied=set(rows), **args)
+    # where missing ones may be: still queued, or the run never settled
+    left = {q: n for q, n in ((history.last_observation(QUEUES) or {}).get("queues") or {}).items() if n}
+    waiting = unsettled(history)
     if result.passed:
         result.message = f"all {len(acked)} accepted payments charged"
+    else:
+        result.evidence += ([f"messages still ready at the end: {', '.join(f'{q} {n}' for q, n in sorted(left.items()))} "
+                             f"(not consumed: the worker stopped consuming, or never came back)"] if left else [])
+        result.evidence += waiting
     return result
 
 
