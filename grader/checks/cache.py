@@ -239,10 +239,11 @@ def check_lock_safety(history: History, **args: Any) -> CheckResult:
             evidence.append(f"while the holder of {pid}'s lock ({_keys(locks)}) was slow (its database read held), a "
                             f"miss of {other} (t={two['t_other']:.2f}s) did not read the database within 10 s: it waits "
                             f"for another product's lock (one lock for every product?)")
-        elif not set(others) - set(locks):
+        elif not others:
             evidence.append(f"while the holder of {pid}'s lock ({_keys(locks)}) was slow (its database read held), a "
                             f"miss of {other} (t={two['t_other']:.2f}s) read the database only at t={two['t_read']:.2f}s "
-                            f"and under no lock of its own (the locks then: {_keys(others) or 'none'}): it waited for "
+                            f"and under no lock of its own (no new lock key appeared; {_keys(locks)} was still held): "
+                            f"it waited for "
                             f"{pid}'s lock - one lock for every product serializes every miss behind the slowest")
         else:
             lines.append(f"a miss of {other} took its own lock while {pid}'s holder was slow")

@@ -38,6 +38,41 @@ LEASE_MS = 12_000  # the second holder's lock, kept alive (renewed) while the ov
 DELETED_WITHIN = 1.0  # s after the first holder answered: its release (before its answer) has happened
 
 
+class LockWatcher:
+    """Finds the locks a submission takes while it runs (keys under `prefix`, besides the entries,
+    that were not in `before`), notes when each was first seen, and keeps each one alive (PEXPIRE,
+    renewed): a lock seen once cannot expire under a slow grader, so which locks existed when is
+    an event, not a race with the lock's TTL."""
+
+    def __init__(self, probes: "CacheProbes", before: dict[str, dict]) -> None:
+        self.probes, self.before = probes, before
+        self.seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = later(self._watch)
+
+    def scan(self) -> dict[str, float]:
+        try:
+            found = self.probes.locks_since(self.before)
+        except Exception:  # the admin client cannot read: the next round
+            return self.seen
+        now = self.probes.run.history.elapsed()
+        for key in found:
+            self.seen.setdefault(key, round(now, 4))
+            try:
+                self.probes.observer.client.pexpire(key, LEASE_MS)
+            except Exception:
+                pass
+        return self.seen
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            self.scan()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 class LeaseKeeper:
     """Keeps a holder's lock keys alive (PEXPIRE, renewed) and notes the first moment one of them
     is gone or holds another value: only a DEL or a SET by someone else does that, never time -
@@ -124,12 +159,24 @@ class CacheProbes:
         now = self.observer.other_keys(self.run.ns.key(""), self.key_of(""))
         return {k: e for k, e in now.items() if k not in before or before[k]["raw"] != e["raw"]}
 
+    def keep_alive(self, locks: dict[str, dict]) -> dict[str, str | None]:
+        """PEXPIRE each lock at once (right after it was read: its own TTL may be nearly over on a
+        slow machine); the ones still there, with their values."""
+        kept = {}
+        for key, e in locks.items():
+            try:
+                if self.observer.client.pexpire(key, LEASE_MS):
+                    kept[key] = e["raw"]
+            except Exception:  # unreadable now: not watched
+                pass
+        return kept
+
     def other_keys(self) -> dict[str, dict]:
         return self.observer.other_keys(self.run.ns.key(""), self.key_of(""))
 
     def separate_locks(self, pid: str, other: str) -> None:
-        """A miss of `pid` held at the database (its holder slow), then a miss of `other`: it must
-        read the database under a lock of its own while `pid`'s holder still holds its lock."""
+        """A miss of `pid` held at the database (its holder slow, its lock kept alive), then a miss
+        of `other`: it must read the database under a lock of its own, not wait for `pid`'s."""
         for p in (pid, other):
             self.observer.expire(self.key_of(p))
         before = self.other_keys()
@@ -138,19 +185,23 @@ class CacheProbes:
         with first.active(self.run) as running, second.active(self.run):
             if not running:
                 return
-            threads.append(later(self.catalog.get, pid, 0, probe="two-keys"))
-            if not first.hold.wait_held(1, 5):
-                self.run.history.observe("two-keys", product=pid, other=other,
-                                         reason=f"no read of {pid} reached the database within 5 s of a miss")
-                return
-            locks = self.locks_since(before)
-            t_other = self.run.history.elapsed()
-            threads.append(later(self.catalog.get, other, 1 % len(self.catalog.clients), probe="two-keys"))
-            read = second.hold.wait_held(1, 10)  # as a lock holder of its own, or after giving up waiting
-            others = self.locks_since(before) if read else {}
-            t_read = second.hold.held[0][0] if read else None
-        self.run.history.observe("two-keys", product=pid, other=other, locks=sorted(locks), t_other=round(t_other, 4),
-                                 other_locks=sorted(others), t_read=t_read and round(t_read, 4))
+            watcher = LockWatcher(self, before)
+            try:
+                threads.append(later(self.catalog.get, pid, 0, probe="two-keys"))
+                if not first.hold.wait_held(1, 5):
+                    self.run.history.observe("two-keys", product=pid, other=other,
+                                             reason=f"no read of {pid} reached the database within 5 s of a miss")
+                    return
+                locks = sorted(watcher.scan())
+                t_other = self.run.history.elapsed()
+                threads.append(later(self.catalog.get, other, 1 % len(self.catalog.clients), probe="two-keys"))
+                read = second.hold.wait_held(1, 10)  # as a lock holder of its own, or after giving up waiting
+                seen = watcher.scan() if read else {}
+                t_read = second.hold.held[0][0] if read else None
+            finally:
+                watcher.stop()
+        self.run.history.observe("two-keys", product=pid, other=other, locks=locks, t_other=round(t_other, 4),
+                                 other_locks=sorted(k for k in seen if k not in locks), t_read=t_read and round(t_read, 4))
         for t in threads:
             t.join(15)
 
@@ -207,7 +258,7 @@ class CacheProbes:
                 t_first, t_second = first.hold.held[0][0], second.hold.held[0][0]
                 # The second holder's lock: kept alive and watched while the first one finishes and
                 # releases. It can only go if someone deletes or overwrites it.
-                locks = {k: e["raw"] for k, e in self.locks_since(before).items() if e["pttl_ms"] != -2}
+                locks = self.keep_alive(self.locks_since(before))
                 keeper = LeaseKeeper(self.observer, locks, self.run.history.elapsed)
                 first.hold.release()
                 threads[0].join(5)  # the first holder fills, then releases "its" lock, then answers
