@@ -58,7 +58,7 @@ from ..workloads.catalog import ID_PATTERN, Catalog, catalog_metrics, product_id
 
 P = Params(products=40, hot=4, readers=200, waiters=20, slow_ms=400, load_seconds=25, read_rate=60, write_rate=4,
            stale_probes=2, late_reads_after=12.0, fallback_after=8.0, quiesce_timeout=15, redis_cut=3.0, redis_down=1.0,
-           redis_hang=6.0, absent=2, absent_read_after=12.0)
+           redis_hang=5.0, absent=2, absent_read_after=12.0)
 SERVICES = ("catalog", "catalog_b")
 
 
@@ -163,9 +163,18 @@ def faults(run: Run) -> list[list[At]]:
     redis = [At(Cut("redis", seconds=P.redis_cut), after_s=8),
              At(RestartServer("redis", mode="kill", down=P.redis_down, keep_data=False, then=reprovision), after_s=17),
              # Redis hangs (requests in, no answers): only the client's own timeouts bound a read;
-             # after the restart's recovery window (4 s + 2 s after it is back)
-             At(OneWayCut("redis", seconds=P.redis_hang), after_s=26)]
+             # once the restart's recovery window (the hit ratio 4-6 s after it) is over
+             At(OneWayCut("redis", seconds=P.redis_hang), after_s=22, ready=recovery_judged, ready_within=20)]
     return [invalidator, redis]
+
+
+def recovery_judged(run: Run) -> bool:
+    """The last Redis fault ended and its recovery window (redis-outage's hit ratio) is over."""
+    from ..checks.cache import HIT_RATIO_WITHIN
+    from ..nemesis import fault_events
+
+    ends = [f["end"] for f in fault_events(run.history) if f["target"] == "redis"]
+    return bool(ends) and None not in ends and run.history.elapsed() >= max(ends) + HIT_RATIO_WITHIN + 2.5
 
 
 def load(run: Run, ctx: PhaseContext) -> None:
