@@ -12,6 +12,8 @@ from grader.lab import Lab
 from grader.report import RunReport
 from grader.runner import grade, report_from_history
 
+MUTANTS_ROOT = Path(__file__).parent / "mutants"  # one folder per lab: lab1/, lab2/, ...
+
 
 def summary(report: RunReport) -> str:
     lines = [f"seed {report.seed}, {report.duration:.0f}s"] + report.notes
