@@ -70,12 +70,10 @@ grade-%: install
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade-$* SUBMISSIONS=folder-or-archive [OUT=...] [ARGS=...]"; exit 2; }
 	$(LABKIT) grade lab-$* $(SUBMISSIONS) --out $(or $(OUT),graded/lab-$*) --runtime $(RUNTIME) $(ARGS)
 
+# make bench [ARGS="--rounds 5 --only lab1,lab4"]: every benchmark, one table of figures at the end
+# (best of 3 rounds, min/median/max, each ratio beside its anchor); ARGS=--smoke: tiny sizes, one round.
 bench: install
-	$(BIN)/python -m tests.bench.lab1 $(ARGS)
-	$(BIN)/python -m tests.bench.lab2
-	$(BIN)/python -m tests.bench.lab3
-	$(BIN)/python -m tests.bench.lab4
-	$(BIN)/python -m tests.bench.otlp
+	$(BIN)/python -m tests.bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .labkit results
