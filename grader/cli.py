@@ -285,6 +285,34 @@ def grade_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
         console.print(f"pass rates: {out / 'pass-rates.csv'}; a replay command per failure in summary.json")
 
 
+@app.command("mutate")
+def mutate_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
+               sample: int = typer.Option(6, "--sample", "-n", min=0, help="mutants to grade (0: all of them)"),
+               jobs: int = typer.Option(3, "--jobs", "-j", min=1, help="graded runs at once"),
+               seed: int = typer.Option(1, help="picks the sample and the runs' seeds"),
+               runtime: str = RuntimeOpt,
+               out: Optional[Path] = typer.Option(None, help="folder for the mutants and their runs"),
+               list_only: bool = typer.Option(False, "--list", help="list the mutants, grade nothing")) -> None:
+    """Mutation analysis of the grader: grade wrong solutions made from the reference, print the kill rate."""
+    from .mutate import all_mutants, analyse, service_packages
+
+    spec = _lab(lab)
+    if not service_packages(spec):
+        fail(f"{spec.id}: no reference services here to mutate (a student kit has none)")
+    if list_only:
+        for m in all_mutants(spec):
+            console.print(f"{m.id}  services/{m.path}:{m.line}", highlight=False)
+        return
+    out = out or Path("results") / "mutate" / spec.id
+    if out.exists() and any(out.iterdir()):
+        if not (out / "mutants").is_dir():
+            fail(f"{out}: exists and is not an earlier `labkit mutate` output; give another --out")
+        import shutil
+        shutil.rmtree(out)  # an earlier analysis: replaced
+    analyse(spec, sample, jobs, seed, out, runtime, say=lambda m: console.print(m, highlight=False, markup=False))
+    console.print(f"summary: {out / 'summary.json'}; mutants: {out / 'mutants'}; runs: {out / 'runs'}", highlight=False)
+
+
 @app.command("bundle")
 def bundle_cmd(target: list[str] = typer.Argument(..., help="OUT (--student), or LAB OUT"),
                student: bool = typer.Option(False, "--student", help="the kit without reference solutions and tests"),

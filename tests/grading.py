@@ -17,6 +17,8 @@ from grader.scenario import unread_observations
 # kind their scenario records must be read by some check (no evidence gathered and then ignored).
 EVERY_OBSERVATION_READ = {"lab-1", "lab-2"}
 
+MUTANTS_ROOT = Path(__file__).parent / "mutants"  # one folder per lab: lab1/, lab2/, ...
+
 
 def summary(report: RunReport) -> str:
     lines = [f"seed {report.seed}, {report.duration:.0f}s"] + report.notes

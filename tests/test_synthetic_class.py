@@ -4,7 +4,8 @@ hostile submission of tests/hostile. Asserted: the expected score table, each mu
 named after its bug with evidence, no attack succeeding, every format valid against its published spec,
 and nothing of any run left behind (no process of a sandbox uid, no sandbox cgroup, no sandbox folder).
 
-This is also lab 1's mutant selftest: every mutant is graded here, isolated, as a learner's code is.
+Every lab-1 mutant is graded here isolated, as a learner's code is (`make test-grader`); `make test`
+grades each once unisolated (tests/test_lab1_grader.py).
 Mutants are built on the reference, which the sandbox keeps out of reach, so each is handed in the way a
 learner would hand in code built on a copy of it: with the reference vendored into its own folder.
 """
@@ -39,7 +40,10 @@ SEED = 7
 # mutants are still proven; the hostile submissions are then left out and their tests skipped.
 ISOLATION_PROBLEM = isolation_available()
 needs_isolation = pytest.mark.skipif(bool(ISOLATION_PROBLEM), reason=f"not isolated here: {ISOLATION_PROBLEM}")
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("synthetic-class"), pytest.mark.timeout(3300)]
+# A whole class at once: `make test-grader` (each lab-1 mutant is also graded once, unisolated, by
+# `make test` in tests/test_lab1_grader.py).
+pytestmark = [pytest.mark.slow, pytest.mark.class_scale, pytest.mark.xdist_group("synthetic-class"),
+              pytest.mark.timeout(3300)]
 
 
 def mutant_names() -> list[str]:
