@@ -67,6 +67,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
     say: Callable[[str], None] = lambda message: None
     state: dict[str, Any] = field(default_factory=dict)  # the scenario's own objects (clients, workloads)
+    only: tuple[str, ...] = ()  # `labkit check --only`: play just what these checks need
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -206,10 +207,12 @@ def scenario_of(lab: Lab):
 
 def grade(lab: Lab, submission: Path, runtime: str = "auto", seed: int | None = None,
           out_dir: Path | None = None, say: Callable[[str], None] = lambda m: None,
-          stack: Stack | None = None, isolated: bool = False, expose: tuple[str, ...] = ()) -> RunReport:
+          stack: Stack | None = None, isolated: bool = False, expose: tuple[str, ...] = (),
+          only: tuple[str, ...] = ()) -> RunReport:
     """Play the lab's scenario against a submission and judge it. Never raises for learner bugs.
     `isolated`: run the submission in the sandbox (`labkit grade`); `expose`: reference packages
-    it may import there (only the kit's own mutants, which reuse the reference)."""
+    it may import there (only the kit's own mutants, which reuse the reference). `only`: check ids
+    to judge, playing only the phases they need (grader.scenario.select)."""
     seed = seed if seed is not None else new_seed()
     out_dir = (out_dir or Path("results") / lab.id).resolve()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -221,6 +224,7 @@ def grade(lab: Lab, submission: Path, runtime: str = "auto", seed: int | None = 
         try:
             run = prepare(lab, submission, runtime, seed, out_dir, resources, say, stack=stack, isolated=isolated,
                           expose=expose)
+            run.only = tuple(only)
             importlib.import_module(lab.scenario).run(run)
         except ServiceFailed as e:
             failure = f"a service failed: {e}"
@@ -242,7 +246,7 @@ def grade(lab: Lab, submission: Path, runtime: str = "auto", seed: int | None = 
     report = report_from_history(lab, history, submission, seed, run.stack.runtime if run else runtime, started,
                                  time.monotonic() - t0, failure)
     if run is not None:
-        report.logs = {name: s.log_tail() for name, s in run.services.items()}
+        report.logs = {name: s.log_tail(200) for name, s in run.services.items()}  # room to drop client noise
         report.crashed = [name for name, s in run.services.items() if s.died_on_its_own]
     return report
 

@@ -511,3 +511,83 @@ def test_bundle_command(tmp_path):
     again = runner.invoke(cli.app, ["bundle", "--student", str(tmp_path / "kit")])
     assert again.exit_code == 2 and "exists" in again.output
     assert runner.invoke(cli.app, ["bundle", "lab-1", str(tmp_path / "x")]).exit_code == 2
+
+
+def test_identical_submissions_are_flagged():
+    from grader.batch.run import ClassResult
+
+    result = ClassResult(Path("graded"), contents={"alice": "d1", "bob": "d1", "carol": "d2", "dan": "d1"})
+    assert result.identical() == [["alice", "bob", "dan"]]
+
+
+def test_eta_comes_from_the_batch_pace_even_one_run_at_a_time():
+    from rich.progress import Progress
+
+    from grader.batch.run import EtaColumn
+
+    clock = [0.0]
+    column = EtaColumn()
+    with Progress(column, get_time=lambda: clock[0], disable=True) as progress:
+        task = progress.add_task("grading", total=5, completed=1, initial=1)  # one graded by an earlier call
+        assert column.render(progress.tasks[task]).plain == "-:--:--"
+        clock[0] = 60.0
+        progress.advance(task)
+        assert column.render(progress.tasks[task]).plain == "0:03:00"  # 3 left at 60 s each
+
+
+def test_the_worker_starts_without_a_runpy_warning():
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "grader.batch.worker", "--help"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and "RuntimeWarning" not in done.stderr, done.stderr
+
+
+def test_junit_replay_names_the_submission(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from grader.batch.outputs import error_report, replay_command, write_all
+    from grader.lab import find_lab
+
+    lab = find_lab("lab-1")
+    report = error_report(lab, tmp_path / "alice", "did not start", "native", seed=7)
+    write_all(report, tmp_path / "out", {"replay": replay_command(lab, tmp_path / "alice", 7, "native")})
+    props = {p.get("name"): p.get("value") for p in ET.parse(tmp_path / "out" / "junit.xml").getroot().iter("property")}
+    assert f"--submission {tmp_path / 'alice'}" in props["replay"]
+    assert f"--submission {tmp_path / 'alice'}" in report.replay_command()
+
+
+def _kit_docs(kit: Path) -> list[Path]:
+    return [kit / "README.md", *sorted(kit.glob("labs/*/README.md"))]
+
+
+def test_student_kit_readmes_commands_run_and_point_at_what_the_kit_has(student_kit):
+    """Every `make ...` / `labkit ...` its READMEs offer works in the kit (targets dry-run, labkit commands
+    that need no stack run, the others parse), and every path they name is in the kit - no reference
+    solution, test, benchmark or mutant of the full kit."""
+    import re
+    import shlex
+
+    text = "\n".join(p.read_text() for p in _kit_docs(student_kit))
+    commands = set(re.findall(r"^(make [^#\n]*?|\.venv/bin/labkit [^#\n]*?)\s*(?:#.*)?$", text, re.M))
+    commands |= set(re.findall(r"`((?:make|\.venv/bin/labkit) [^`]+)`", text))
+    assert any(c.startswith("make check-") for c in commands) and any("labkit report" in c for c in commands)
+    env = {**os.environ, "PYTHONPATH": str(student_kit)}
+    for command in sorted(commands):
+        words = [w for w in shlex.split(command.replace("N", "1").replace("[", "").replace("]", ""))
+                 if not w.startswith("path/") and w != "|"]
+        if words[0] == "make":
+            assert not {"test", "bench"} & set(words), f"the kit has no tests or benchmarks: {command}"
+            dry = subprocess.run(["make", "-n", *words[1:]], cwd=student_kit, capture_output=True, text=True, timeout=60)
+            assert dry.returncode == 0, f"{command}: {dry.stderr}"
+            continue
+        sub = [w for w in words[1:] if not w.startswith(("-", "results/", "$"))][:1]
+        argv = [sys.executable, "-c", "import sys; from grader.cli import app; sys.argv[0] = 'labkit'; app()", *sub]
+        argv += [] if sub == ["labs"] else ["--help"]  # the others need a stack or a saved run
+        done = subprocess.run(argv, cwd=student_kit, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{command}: {done.stderr[-1500:]}"
+    named = set(re.findall(r"`((?:services|tests|labs|compose|grader|docs)/[^`\s<>*]*)", text))
+    named |= set(re.findall(r"\((?:\./)?((?:services|tests|docs|grader)/[^)\s]+)\)", text))
+    missing = [p for p in sorted(named) if "lab-N" not in p and not (student_kit / p.rstrip("/")).exists()]
+    assert not missing, f"the kit's READMEs name what the kit does not have: {missing}"
+    mutants = {p.name for p in (REPO_ROOT / "tests" / "mutants").glob("*/*") if p.is_dir()}
+    named_mutants = [m for m in mutants if re.search(rf"\b{m}\b(?!=)", text)]  # `auto_ack=True` is pika's
+    assert not named_mutants, "a mutant's name gives its bug away"

@@ -261,6 +261,22 @@ def fingerprint(sub: Submission) -> str:
     return digest.hexdigest()
 
 
+def content_digest(folder: Path) -> str:
+    """The files of a folder (names and bytes; links and caches left out, never followed): equal for
+    identical code, so that identical submissions can be flagged."""
+    digest = hashlib.sha256()
+    for rel, kind, path in walk(folder):
+        if kind == "file":
+            digest.update(f"{rel}\0".encode())
+            try:
+                with os.fdopen(open_regular(path), "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+            except OSError:
+                pass
+    return digest.hexdigest()
+
+
 def git_commit(sub: Submission) -> str | None:
     if sub.kind != "git":
         return None

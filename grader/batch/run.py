@@ -26,13 +26,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn)
+from rich.text import Text
 
 from ..lab import REPO_ROOT, Lab
 from ..report.csv import write_class_csv, write_pass_rates_csv
@@ -40,9 +41,8 @@ from ..report.safe_text import markup_safe
 from ..archive import UnsafeArchive
 from ..stack.procs import CappedLog
 from ..untrusted import Refused
-from .discover import Submission, discover, fingerprint, git_commit, materialize
-from .outputs import write_all
-from .worker import error_report, replay_command
+from .discover import Submission, content_digest, discover, fingerprint, git_commit, materialize
+from .outputs import error_report, replay_command, write_all
 
 
 @dataclass
@@ -74,6 +74,14 @@ class RunOutcome:
 class ClassResult:
     out: Path
     outcomes: list[RunOutcome] = field(default_factory=list)
+    contents: dict[str, str] = field(default_factory=dict)  # student -> digest of the code graded
+
+    def identical(self) -> list[list[str]]:
+        """Groups of students who handed in the very same code (worth a look; the starter included)."""
+        groups: dict[str, list[str]] = {}
+        for student, digest in sorted(self.contents.items()):
+            groups.setdefault(digest, []).append(student)
+        return [names for names in groups.values() if len(names) > 1]
 
     def first_runs(self) -> dict[str, dict]:
         return {o.student: o.report for o in self.outcomes if o.run == 1}
@@ -93,6 +101,19 @@ class ClassResult:
 
 
 STUDENTS = "students"  # --out/students/<name>/: where no file of the batch's own can be
+
+
+class EtaColumn(ProgressColumn):
+    """Time left from this batch's own pace (elapsed / runs finished here x runs left). Rich's
+    TimeRemainingColumn only keeps 30 s of samples: with runs of a minute each, one at a time, it
+    never had two and showed -:--:-- for the whole batch."""
+
+    def render(self, task) -> Text:
+        done = task.completed - task.fields.get("initial", 0)
+        if done <= 0 or not task.elapsed or task.total is None:
+            return Text("-:--:--", style="progress.remaining")
+        left = (task.total - task.completed) * task.elapsed / done
+        return Text(str(timedelta(seconds=int(left))), style="progress.remaining")
 
 
 def run_dir(out: Path, student: str, run: int) -> Path:
@@ -232,6 +253,7 @@ def grade_class(lab: Lab, submissions: Path, out: Path, opts: Options | None = N
             why = f"the archive was refused: {e}" if isinstance(e, UnsafeArchive) else str(e)
             result.outcomes += _refused(lab, sub, out, why, opts)
             continue
+        result.contents[sub.name] = content_digest(folder)
         for k in range(1, opts.repeat + 1):
             done = None if opts.force else _graded(run_dir(out, sub.name, k), fp)
             if done is not None:
@@ -252,12 +274,15 @@ def grade_class(lab: Lab, submissions: Path, out: Path, opts: Options | None = N
 
     skipped = sum(o.skipped for o in result.outcomes)
     columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+               TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("ETA"), EtaColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         bar = progress.add_task(f"grading {lab.id}", total=len(todo) + len(result.outcomes),
-                                completed=len(result.outcomes))
+                                completed=len(result.outcomes), initial=len(result.outcomes))
         if skipped:
             progress.console.print(f"[dim]{skipped} run(s) already graded: skipped (--force grades them again)[/]")
+        for names in result.identical():
+            progress.console.print(f"[yellow]identical submissions:[/] {', '.join(names)} (the same files)",
+                                   highlight=False)
         with ThreadPoolExecutor(max(1, opts.jobs)) as pool, _stopping_workers(pool):
             futures = [pool.submit(one, *task) for task in todo]
             for future in as_completed(futures):
@@ -319,6 +344,8 @@ def write_summaries(result: ClassResult, opts: Options) -> None:
             "runs": len(runs),
             "pass_rate": {cid: (p / n if n else None) for cid, (p, n) in rates.get(name, {}).items()},
             "failures": failures, "report": str(run_dir(out, name, 1) / "report.json"),
+            "identical_to": next((others for others in ([n for n in g if n != name] for g in result.identical()
+                                                        if name in g)), []),
         }
         if opts.repeat > 1:
             (run_dir(out, name, 1) / "repeat.json").write_text(json.dumps(students[name], indent=2) + "\n")

@@ -9,33 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import signal
 import sys
 import threading
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 
-from ..checks import CheckResult
-from ..lab import Lab, find_lab
-from ..report import RunReport
+from ..lab import find_lab
 from ..report.safe_text import printable
-from .outputs import write_all
-
-
-def error_report(lab: Lab, submission: Path, message: str, runtime: str, seed: int = 0) -> RunReport:
-    """A run that could not happen: every check ERROR with the reason, so the student still has a row."""
-    results = [CheckResult.error(spec.id, spec.title or spec.id, spec.points, message, spec.hint or None)
-               for spec in lab.checks]
-    return RunReport(lab=lab.id, title=lab.title, submission=str(submission), seed=seed, runtime=runtime,
-                     started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), duration=0.0,
-                     results=results, notes=[message])
-
-
-def replay_command(lab: Lab, submission: Path, seed: int, runtime: str) -> str:
-    return shlex.join(["labkit", "check", lab.id, "--submission", str(submission), "--seed", str(seed),
-                       "--runtime", runtime])
+from .outputs import error_report, replay_command, write_all
 
 
 def _unwind(signum, frame) -> None:

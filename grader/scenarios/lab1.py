@@ -158,13 +158,15 @@ def start(run: Run, ctx: PhaseContext) -> None:
 
 SCENARIO = Scenario(
     params=P,
-    phases=[Phase("start and probe the API contract", start),
+    phases=[Phase("start and probe the API contract", start, injects=(Delay.kind,), always=True),
             Phase("load under consumer crashes and database faults", load, lambda run: run.state["faults"],
-                  P.load_max_seconds),
-            Phase("API restarts, broker cuts, lost acknowledgements, duplicates", api_faults),
-            Phase("quiesce and observe", settle_and_observe),
-            Phase("poison records", poison),
-            Phase("traces: traced orders, a redelivery, SIGTERM flush", traces)],
+                  P.load_max_seconds, injects=(CrashPoint.kind, HoldThenKill.kind, ResetConnections.kind,
+                                               RestartServer.kind)),
+            Phase("API restarts, broker cuts, lost acknowledgements, duplicates", api_faults,
+                  injects=(OneWayCut.kind, Kill.kind, Cut.kind, Duplicates.kind)),
+            Phase("quiesce and observe", settle_and_observe, always=True),
+            Phase("poison records", poison, injects=(Poison.kind,)),
+            Phase("traces: traced orders, a redelivery, SIGTERM flush", traces, serves=("traces",))],
     checks={
         "api-contract": Check(check_api_contract, needs=[(Delay.kind, "kafka"), (Kill.kind, "order_api")],
                               events=[retried_unknown_answered]),
