@@ -92,8 +92,6 @@ class Nemesis:
             self._stop.wait(0.2)
 
     def _play(self, steps: list[At]) -> None:
-        for step, nxt in zip(steps, steps[1:]):  # lets a restarting fault prepare the next one (pre-arming)
-            step.fault.successor = nxt.fault
         try:
             for step in steps:
                 while not self._due(step):

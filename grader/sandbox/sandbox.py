@@ -44,9 +44,10 @@ CONTRACT_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL", "AMQP_U
                  "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_EXPORTER", "OTEL_BSP_SCHEDULE_DELAY")
 # the crash site's settings (grader/nemesis/crashsite): without them a hold would count from the
 # process's start (onto a replay) and a stall would last its default
-GRADER_VARS = ("LABKIT_CRASH", "LABKIT_CRASH_MARKER", "LABKIT_CRASH_AFTER_S", "LABKIT_CRASH_WRITES",
+GRADER_VARS = ("LABKIT_CRASH", "LABKIT_CRASH_CONTROL", "LABKIT_CRASH_MARKER", "LABKIT_CRASH_AFTER_S", "LABKIT_CRASH_WRITES",
                "LABKIT_STALL_SECONDS", "PYTHONUNBUFFERED")
 MARKER_VAR = "LABKIT_CRASH_MARKER"
+CONTROL_VAR = "LABKIT_CRASH_CONTROL"  # the grader's live arms: its folder is bound read-only at the same path
 MARKER_MAX_BYTES = 64 * 1024
 
 
@@ -97,6 +98,7 @@ class Sandbox:
         self._marker_lock = threading.Lock()
         self._closed = threading.Event()
         self.notes: list[str] = []  # what the copy left out (links out of the submission), for the report
+        self.readable: set[Path] = set()  # grader folders the services may read (the crash site's arms)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -210,7 +212,9 @@ class Sandbox:
                 if len(self._markers) == 1:
                     threading.Thread(target=self._copy_markers, name="sandbox-markers", daemon=True).start()
             out[MARKER_VAR] = str(private)
-        hook = [str(CRASHSITE)] if "LABKIT_CRASH" in out else []  # first: a learner's sitecustomize must not hide it
+        if CONTROL_VAR in out:
+            self.readable.add(Path(out[CONTROL_VAR]).parent)
+        hook = [str(CRASHSITE)] if "LABKIT_CRASH" in out or CONTROL_VAR in out else []  # first: a learner's sitecustomize must not hide it
         out.update({
             "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -484,4 +488,6 @@ def _mounts(sandbox: Sandbox) -> list[str]:
     bind(sandbox.site, sandbox.site)
     bind(sandbox.workdir, sandbox.workdir, "--bind")
     bind(sandbox.markers, sandbox.markers, "--bind")
+    for folder in sorted(sandbox.readable):
+        bind(folder, folder)
     return args

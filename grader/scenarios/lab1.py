@@ -147,10 +147,10 @@ def traces(run: Run, ctx: PhaseContext) -> None:
 
 
 def start(run: Run, ctx: PhaseContext) -> None:
-    # The load phase's faults are drawn now so that the read model starts armed for the first
-    # crash (no extra kill) and joins its group while the API starts and is probed.
+    # The load phase's faults are drawn now; the read model joins its group while the API starts
+    # and is probed (its crash points are armed live, without a restart).
     run.state["faults"] = consumer_faults(run)
-    run.services["read_model"].start(run.state["faults"][0][0].fault.arm_env(run))
+    run.services["read_model"].start()
     run.services["order_api"].start().wait_healthy()
     probe_basics(orders(run))
     probe_concurrent_key(run, orders(run), Delay("kafka", P.delay_ms))
