@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .lab import REPO_ROOT, LabError, all_labs, find_lab
+from .report.safe_text import markup_safe
 from .stack import RUNTIMES, StackError, make_stack, resolve_runtime
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -25,7 +26,7 @@ RuntimeOpt = typer.Option("auto", "--runtime", "-r", help=f"one of {', '.join(RU
 
 
 def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {markup_safe(message, multiline=True)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -182,8 +183,9 @@ def check(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission:
         fail(f"{spec.id} has no check {', '.join(unknown)} (its checks: {', '.join(known)})")
     submission = submission or spec.starter
     out = out or Path("results") / spec.id
-    console.print(f"grading [bold]{submission}[/] against {spec.id} ({spec.title})")
-    report = grade(spec, submission, runtime, seed, out, say=lambda m: console.print(f"[dim]· {m}[/]", highlight=False),
+    console.print(f"grading [bold]{markup_safe(submission)}[/] against {spec.id} ({spec.title})")
+    report = grade(spec, submission, runtime, seed, out,
+                   say=lambda m: console.print(f"[dim]· {markup_safe(m, multiline=True)}[/]", highlight=False),
                    only=tuple(only or ()))
     print_report(report, console)
     with console.status("writing report.html ..."):
@@ -252,8 +254,9 @@ def trace(results: Path = typer.Argument(..., help="a results folder written by 
         ops = [op for op in ops if op.invoke.get("probe") == "trace"] or ops[-1:]
     faults = faults_in_span_clock(fault_events(history), wall_t0_ns(history))
     for op in ops if (all_traced or order) else ops[-1:]:
-        console.print(f"[bold]{op.f}[/] request #{op.id} (key {op.invoke.get('key')}) -> {op.result.get('status')}  "
-                      f"[dim]trace {op.invoke['trace_id']}[/]")
+        console.print(f"[bold]{markup_safe(op.f)}[/] request #{op.id} (key {markup_safe(op.invoke.get('key'))}) -> "
+                      f"{markup_safe(op.result.get('status'))}  [dim]trace {markup_safe(op.invoke['trace_id'])}[/]",
+                      highlight=False)
         console.print(render_trace(spans, op.invoke["trace_id"], faults))
 
 
@@ -310,9 +313,10 @@ def grade_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
         failed = ", ".join(c["id"] for c in checks if c.get("state") in ("FAIL", "ERROR")) or "-"
         if checks and all(c.get("state") == "ERROR" for c in checks):  # nothing ran: say why instead
             failed = f"not graded: {checks[0].get('message', '')}"
-        table.add_row(name, f"{report.get('score', 0):g}/{report.get('max_score', 0):g}", failed)
+        table.add_row(markup_safe(name), f"{report.get('score', 0):g}/{report.get('max_score', 0):g}",
+                      markup_safe(failed, multiline=True))
     console.print(table)
-    console.print(f"class table: {out / 'class.csv'}; per student: {out}/<student>/ (report.json, report.html, "
+    console.print(f"class table: {out / 'class.csv'}; per student: {out / 'students'}/<student>/ (report.json, report.html, "
                   f"results.json, classroom.json, junit.xml); summary: {out / 'summary.json'}", highlight=False)
     for names in result.identical():
         console.print(f"[yellow]identical submissions:[/] {', '.join(names)} (the same files; summary.json: identical_to)",
@@ -321,8 +325,36 @@ def grade_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
         flaky = [(name, cid, passed, runs) for name, rates in sorted(result.pass_rates().items())
                  for cid, (passed, runs) in rates.items() if runs and 0 < passed < runs]
         for name, cid, passed, runs in flaky:
-            console.print(f"[yellow]flaky:[/] {name} {cid} passed {passed}/{runs} runs", highlight=False)
+            console.print(f"[yellow]flaky:[/] {markup_safe(name)} {cid} passed {passed}/{runs} runs", highlight=False)
         console.print(f"pass rates: {out / 'pass-rates.csv'}; a replay command per failure in summary.json")
+
+
+@app.command("mutate")
+def mutate_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
+               sample: int = typer.Option(6, "--sample", "-n", min=0, help="mutants to grade (0: all of them)"),
+               jobs: int = typer.Option(3, "--jobs", "-j", min=1, help="graded runs at once"),
+               seed: int = typer.Option(1, help="picks the sample and the runs' seeds"),
+               runtime: str = RuntimeOpt,
+               out: Optional[Path] = typer.Option(None, help="folder for the mutants and their runs"),
+               list_only: bool = typer.Option(False, "--list", help="list the mutants, grade nothing")) -> None:
+    """Mutation analysis of the grader: grade wrong solutions made from the reference, print the kill rate."""
+    from .mutate import all_mutants, analyse, service_packages
+
+    spec = _lab(lab)
+    if not service_packages(spec):
+        fail(f"{spec.id}: no reference services here to mutate (a student kit has none)")
+    if list_only:
+        for m in all_mutants(spec):
+            console.print(f"{m.id}  services/{m.path}:{m.line}", highlight=False)
+        return
+    out = out or Path("results") / "mutate" / spec.id
+    if out.exists() and any(out.iterdir()):
+        if not (out / "mutants").is_dir():
+            fail(f"{out}: exists and is not an earlier `labkit mutate` output; give another --out")
+        import shutil
+        shutil.rmtree(out)  # an earlier analysis: replaced
+    analyse(spec, sample, jobs, seed, out, runtime, say=lambda m: console.print(m, highlight=False, markup=False))
+    console.print(f"summary: {out / 'summary.json'}; mutants: {out / 'mutants'}; runs: {out / 'runs'}", highlight=False)
 
 
 @app.command("bundle")

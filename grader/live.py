@@ -24,6 +24,7 @@ from rich.text import Text
 from .lab import Lab
 from .launch import ServiceFailed
 from .report.logs import is_noise
+from .report.safe_text import markup_safe, printable
 from .runner import LIVE_SPAN_DELAY_MS, Run, new_seed, prepare
 
 
@@ -56,7 +57,7 @@ def latest_trace(run: Run, max_spans: int = 12, bar_width: int = 20):
 def last_line(service) -> str:
     """The service's latest log line that is its own (not a client's note about a lost connection)."""
     lines = [line for line in (service.log_tail(20) or "").splitlines() if line.strip() and not is_noise(line)]
-    return lines[-1].strip() if lines else ""
+    return printable(lines[-1].strip()) if lines else ""  # the submission's own text
 
 
 def _status(run: Run, live: LiveState) -> Text:
@@ -68,7 +69,7 @@ def _status(run: Run, live: LiveState) -> Text:
     elif live.state == "starting":
         text.append(f" {now - live.started:.0f}s")
     if live.detail:
-        text.append(f" · {live.detail}", style=style if live.state == "failed" else "")
+        text.append(f" · {printable(live.detail)}", style=style if live.state == "failed" else "")
     text.append("  ·  Ctrl-C stops everything", style="dim")
     return text
 
@@ -92,11 +93,11 @@ def _services(run: Run, width: int) -> Table:
 def _numbers(live: LiveState) -> Table | Text:
     if not live.metrics:
         waiting = "reading the numbers ..." if live.state == "running" else "numbers once the services run"
-        return Text(live.metrics_error or waiting, style="dim")
+        return Text(printable(live.metrics_error) or waiting, style="dim")
     table = Table.grid(padding=(0, 2), expand=True)
     for _ in range(2):
         table.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
-    items = [Text.assemble((f"{k}: ", "dim"), str(v)) for k, v in live.metrics.items()]
+    items = [Text.assemble((f"{printable(k)}: ", "dim"), printable(v)) for k, v in live.metrics.items()]
     for i in range(0, len(items), 2):
         table.add_row(*items[i:i + 2])
     return table
@@ -109,7 +110,7 @@ def view(run: Run, live: LiveState, width: int = 80, height: int = 24) -> Group:
     parts = [_status(run, live), _services(run, width), numbers]
     used = 1 + len(run.services) + (1 if isinstance(numbers, Text) else (len(live.metrics) + 1) // 2)
     if live.metrics_error and live.metrics:
-        parts.append(Text(f"numbers {time.monotonic() - (live.metrics_at or 0):.0f}s old: {live.metrics_error}",
+        parts.append(Text(f"numbers {time.monotonic() - (live.metrics_at or 0):.0f}s old: {printable(live.metrics_error)}",
                           style="yellow", no_wrap=True, overflow="ellipsis"))
         used += 1
     room = height - used - 3  # the trace's title line, its head line, the footer
@@ -143,9 +144,10 @@ def run_live(lab: Lab, submission: Path, runtime: str, console: Console, rate: f
     with ExitStack() as resources:
         run = prepare(lab, submission, runtime, new_seed(),
                       out_dir or Path("results") / lab.id / "live", resources,
-                      say=lambda m: console.print(f"[dim]· {m}[/]"), learner=True,
+                      say=lambda m: console.print(f"[dim]· {markup_safe(m, multiline=True)}[/]"), learner=True,
                       span_delay_ms=LIVE_SPAN_DELAY_MS)
-        console.print(f"stack ready ({run.stack.runtime}); starting {', '.join(run.services)} from {submission}")
+        console.print(f"stack ready ({run.stack.runtime}); starting {', '.join(run.services)} from "
+                      f"{markup_safe(submission)}")
         live = LiveState()
 
         def render():
@@ -178,7 +180,8 @@ def run_live(lab: Lab, submission: Path, runtime: str, console: Console, rate: f
                 stop.wait()
                 live.state = "stopping"
         if failure:
-            console.print(f"[bold red]the services could not start:[/] {failure}", highlight=False)
+            console.print(f"[bold red]the services could not start:[/] {markup_safe(failure, multiline=True)}",
+                          highlight=False)
             console.print(f"logs: {run.out_dir / 'logs'}")
             return
         console.print("stopping services and the stack ...")

@@ -11,6 +11,8 @@ import importlib
 import json
 import random
 import secrets
+import shutil
+import tempfile
 import time
 import traceback
 from contextlib import ExitStack
@@ -33,6 +35,7 @@ from .scenario import fault_summary, judge
 from .stack import Namespace, Stack, StackError, make_stack
 from .stack.procs import free_port
 from .supervisor import Supervisor
+from .untrusted import copy_tree, links_out
 from .wait import WaitTimeout, wait_until
 from .workloads.http import HttpWorkload
 
@@ -166,17 +169,26 @@ def prepare(lab: Lab, submission: Path, runtime: str, seed: int, out_dir: Path, 
     receiver = OtlpReceiver(history, grpc=False).start()
     resources.callback(receiver.stop)
     env.update(receiver.env(schedule_delay_ms=span_delay_ms))
-    box = None
+    box, graded = None, submission
     if isolated:  # untrusted code: own uid, namespaces, limits (grader/sandbox); closed after the services
         from .sandbox import Sandbox
 
         box = resources.enter_context(Sandbox(submission, expose=expose))
-    services = launch_services(lab.services, submission, env, out_dir / "logs", sandbox=box)
+        left_out = box.notes  # its private copy holds no link out of the submission
+    else:
+        left_out = links_out(submission)
+        if left_out:  # never run code through a link out of the submission: run a copy without them
+            graded = Path(tempfile.mkdtemp(prefix="labkit-submission-")) / "submission"
+            resources.callback(shutil.rmtree, graded.parent, True)
+            left_out = copy_tree(submission, graded)
+    services = launch_services(lab.services, graded, env, out_dir / "logs", sandbox=box)
     for service in services.values():
         resources.callback(service.stop)
     run = Run(lab, submission, seed, stack, ns, services, out_dir, proxies, history=history, say=say)
     history.record("note", "grader", message=f"seed {seed}", seed=seed, lab=lab.id, secret=run.secret,
                    wall_t0_ns=time.time_ns() - int(history.elapsed() * 1e9))
+    for note in left_out:
+        run.note(note)
     resources.callback(run.close)
     resources.callback(Supervisor(run).start().stop)  # stops first: services are then stopped for good
     return run

@@ -92,8 +92,6 @@ class Nemesis:
             self._stop.wait(0.2)
 
     def _play(self, steps: list[At]) -> None:
-        for step, nxt in zip(steps, steps[1:]):  # lets a restarting fault prepare the next one (pre-arming)
-            step.fault.successor = nxt.fault
         try:
             for step in steps:
                 while not self._due(step):
@@ -156,10 +154,14 @@ class Phase:
 @dataclass
 class Check:
     """A checker (a pure function of the history) and the faults it needs to mean anything:
-    (kind, target) pairs that must all have bitten, else the check is SKIP with the reason."""
+    (kind, target) pairs that must all have bitten, else the check is SKIP with the reason. And the
+    events its bug needs (grader/checks/events.py: each a function of the history returning None
+    if the event happened, else why not): a fault that bit while nothing it could expose was going on
+    proves nothing either, so a missing event is SKIP too, never a vacuous PASS."""
 
     fn: Callable[..., CheckResult]
     needs: list[tuple[str, str | None]] = field(default_factory=list)
+    events: list[Callable[[History], str | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -277,6 +279,8 @@ def judge(lab: "Lab", scenario: Scenario, history: History) -> list[CheckResult]
                                              "this lab's scenario has no checker for it (a grader bug)"))
             continue
         missing = [why_not(history, kind, target) for kind, target in check.needs if not happened(history, kind, target)]
+        if not missing:
+            missing = [why for event in check.events if (why := event(history))]
         if missing:
             results.append(CheckResult.skip(args["id"], args["title"], spec.points, skip_message(missing)))
             continue
@@ -291,6 +295,27 @@ def judge(lab: "Lab", scenario: Scenario, history: History) -> list[CheckResult]
     for result, spec in zip(results, checks):
         result.visibility = spec.visibility
     return results
+
+
+class _Reading(History):
+    """The same events, noting which observation kinds the checks ask for."""
+
+    def __init__(self, history: History) -> None:
+        super().__init__()
+        self._events = history.events()
+        self.read: set[str] = set()
+
+    def observations(self, what: str) -> list:
+        self.read.add(what)
+        return super().observations(what)
+
+
+def unread_observations(lab: "Lab", scenario: Scenario, history: History) -> set[str]:
+    """Observation kinds the history holds that no check of the lab reads (judged as `judge` does):
+    evidence the grader gathers must prove some invariant (a lab README's "What the grader checks")."""
+    reading = _Reading(history)
+    judge(lab, scenario, reading)
+    return {e.data.get("what") for e in history.events("observe")} - reading.read
 
 
 def skip_message(missing: list[str]) -> str:

@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 
 from ..lab import find_lab
+from ..report.safe_text import printable
 from .outputs import error_report, replay_command, write_all
 
 
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--student", default="")
     parser.add_argument("--isolated", action="store_true", help="grade in the sandbox (grader/sandbox)")
+    parser.add_argument("--note", action="append", default=[], help="a note for the report (what unpacking left out)")
     args = parser.parse_args(argv)
     # SIGTERM from the batch (its deadline, or the batch being stopped): unwind, so grade() stops the
     # run's servers and services on the way out instead of leaving them to the guardian.
@@ -64,13 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     lab = find_lab(args.lab)
     try:
         report = grade(lab, args.submission, args.runtime, args.seed, args.out,
-                       say=lambda m: print(m, flush=True), **grade_options(args.isolated))
+                       say=lambda m: print(printable(m, multiline=True), flush=True), **grade_options(args.isolated))
     except Exception as e:  # grade() reports learner failures itself; this is the grader's own crash
         (args.out / "grader-error.txt").write_text(traceback.format_exc())
         report = error_report(lab, args.submission, f"the grader failed ({type(e).__name__}: {e}); not the "
                               f"student's code - see {args.out / 'grader-error.txt'}", args.runtime, args.seed or 0)
     if ORPHANED.is_set():
         return 1
+    report.notes += args.note
     extra = {"student": args.student, "replay": replay_command(lab, args.submission, report.seed, report.runtime)}
     write_all(report, args.out, extra)
     print(json.dumps({"score": report.score, "max_score": report.max_score, "seed": report.seed}), flush=True)

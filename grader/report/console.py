@@ -1,13 +1,20 @@
-"""The learner's view: a table of checks, then what failed, the evidence, and the hint."""
+"""The learner's view: a table of checks, then what failed, the evidence, and the hint.
+
+Every string goes through safe_text.markup_safe: messages, evidence, notes and logs carry what a
+submission shaped (span names, rows, log lines), and must neither drive the terminal nor be markup."""
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
 from ..checks import CheckResult, shown
 from . import RunReport, plain
+from .safe_text import markup_safe
+
+
+def escape(text: object) -> str:
+    return markup_safe(text, multiline=True)
 
 STYLE = {"PASS": "green", "FAIL": "red", "ERROR": "yellow", "SKIP": "dim"}
 
