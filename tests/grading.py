@@ -42,7 +42,8 @@ def assert_reference_passes_and_recheck_agrees(lab: Lab, out_dir: Path, runtime:
         assert not unread_observations(lab, scenario_of(lab), history), "observations no check reads"
     from grader.scenario import undeclared_faults
 
-    assert not undeclared_faults(scenario_of(lab), history), "phases must declare what they inject (--only)"
+    undeclared = undeclared_faults(scenario_of(lab), history)
+    assert not undeclared, f"add these to the phase's Phase(injects=...), or `--only` leaves them out: {undeclared}"
     again = report_from_history(lab, history, report.submission, report.seed,
                                 report.runtime, report.started_at, report.duration)
     assert [(r.id, r.state, r.points, r.message, r.evidence) for r in again.results] == \
