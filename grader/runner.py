@@ -31,7 +31,7 @@ from .launch import Service, ServiceFailed, launch_services
 from .nemesis.proxy import TcpProxy
 from .otlp import OtlpReceiver
 from .report import RunReport
-from .scenario import fault_summary, judge
+from .scenario import fault_summary, judge, only_of
 from .stack import Namespace, Stack, StackError, make_stack
 from .stack.procs import free_port
 from .supervisor import Supervisor
@@ -263,4 +263,4 @@ def report_from_history(lab: Lab, history: History, submission: Path | str, seed
              and not str(e.data["message"]).startswith("seed ")]
     return RunReport(lab=lab.id, title=lab.title, submission=str(submission), seed=seed, runtime=runtime,
                      started_at=started, duration=duration, results=results, notes=notes,
-                     faults=fault_summary(history))
+                     faults=fault_summary(history), only=only_of(history))

@@ -29,6 +29,7 @@ class RunReport:
     logs: dict[str, str] = field(default_factory=dict)  # service -> log tail
     crashed: list[str] = field(default_factory=list)  # services that died on their own: their logs are shown
     faults: list[dict] = field(default_factory=list)  # injected faults: fault, target, start, end, effective, ...
+    only: list[str] = field(default_factory=list)  # `labkit check --only`: the checks this partial run judged
 
     @property
     def counted(self) -> list[CheckResult]:
@@ -70,4 +71,6 @@ class RunReport:
         folder = Path(self.submission)
         if self.submission and not (folder.name == "starter" and (folder.parent.name == self.lab or folder.parent.name.startswith(f"{self.lab}-"))):
             words += ["--submission", self.submission]
+        for check in self.only:
+            words += ["--only", check]
         return shlex.join(words)
