@@ -189,10 +189,12 @@ def select(scenario: Scenario, only: list[str] | tuple[str, ...]) -> Selection:
     if unknown:
         raise ValueError(f"no check {', '.join(unknown)} (known: {', '.join(scenario.checks)})")
     kinds = {kind for c in only for kind, _ in scenario.checks[c].needs}
-    if not all(p.declared for p in scenario.phases):
+    unplaced = [c for c in only if not scenario.checks[c].needs and not any(c in p.serves for p in scenario.phases)]
+    if not all(p.declared for p in scenario.phases) or unplaced:
+        why = ("this lab's phases do not declare their faults" if not all(p.declared for p in scenario.phases)
+               else f"no phase says it serves {', '.join(unplaced)}")
         return Selection(list(scenario.phases), list(only),
-                         f"--only {', '.join(only)}: this lab's phases do not declare their faults, so all run; "
-                         f"only the chosen checks are judged")
+                         f"--only {', '.join(only)}: {why}, so all phases run; only the chosen checks are judged")
     chosen = [p for p in scenario.phases if p.always or p.kinds() & kinds or set(p.serves) & set(only)]
     skipped = [p.name for p in scenario.phases if p not in chosen]
     return Selection(chosen, list(only),

@@ -149,7 +149,12 @@ def test_only_runs_everything_where_phases_do_not_declare_their_faults():
     scenario = Scenario(Params(), [Phase("a", lambda run, ctx: None), Phase("b", lambda run, ctx: None)],
                         {"x": Check(lambda h, **kw: None)})
     chosen = select(scenario, ["x"])
-    assert len(chosen.phases) == 2 and "all run" in chosen.message
+    assert len(chosen.phases) == 2 and "all phases run" in chosen.message
+    declared = Scenario(Params(), [Phase("a", lambda run, ctx: None, always=True),
+                                   Phase("b", lambda run, ctx: None, injects=("kill",))],
+                        {"x": Check(lambda h, **kw: None)})
+    unplaced = select(declared, ["x"])  # needs nothing and no phase serves it: it may need any of them
+    assert len(unplaced.phases) == 2 and "no phase says it serves x" in unplaced.message
 
 
 def test_a_fault_in_a_phase_that_does_not_declare_it_is_found():
