@@ -64,7 +64,7 @@ def test_postgres_role_works_in_its_own_database(two_runs):
 
 def test_postgres_role_cannot_enter_another_run_s_database(two_runs):
     a, b = two_runs
-    with psycopg.connect(b.database_url, autocommit=True) as conn:  # the grader's view of run b
+    with psycopg.connect(b.service_url("postgres"), autocommit=True) as conn:  # the grader's view of run b
         conn.execute("CREATE TABLE secrets (v text)")
     a_url = a.env()["DATABASE_URL"]
     for db in (b.name, "postgres"):

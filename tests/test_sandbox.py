@@ -183,7 +183,7 @@ def test_another_run_s_database_is_out_of_reach(native_stack, run_env, sandbox_f
     other = native_stack.namespace(prefix="victim")
     secret = f"secret-{secrets.token_hex(8)}"
     try:
-        with psycopg.connect(other.database_url, autocommit=True) as conn:
+        with psycopg.connect(other.service_url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE TABLE payments (note text)")
             conn.execute("INSERT INTO payments VALUES (%s)", (secret,))
         submission = HOSTILE / "other_namespace_db"

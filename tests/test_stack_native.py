@@ -37,10 +37,10 @@ def test_namespaces_keep_two_runs_apart(native_stack):
     try:
         assert a.env()["DATABASE_URL"] != b.env()["DATABASE_URL"]
         assert a.topic("orders") != b.topic("orders") and a.key("x") != b.key("x")
-        with psycopg.connect(a.database_url, autocommit=True) as conn:
+        with psycopg.connect(a.service_url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE TABLE orders (id int)")
             conn.execute("INSERT INTO orders VALUES (1)")
-        with psycopg.connect(b.database_url, autocommit=True) as conn:
+        with psycopg.connect(b.service_url("postgres"), autocommit=True) as conn:
             assert conn.execute("SELECT to_regclass('orders')").fetchone()[0] is None
     finally:
         a.drop()

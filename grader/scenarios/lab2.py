@@ -90,7 +90,7 @@ def faults(run: Run) -> list[list[At]]:
     # (between an order's transaction and a separate outbox one) a restart's failed commits would shift.
     others = [At(CrashPoint("order_service", "db-commit", "after", odd, fallback_after=fb), after_ok=5),
               At(HoldThenKill("order_service", "db-commit", odd2, hold=1.0, fallback_after=fb)),
-              At(RestartServer("postgres", down=1.0, checkpoint_url=run.ns.database_url)),
+              At(RestartServer("postgres", down=1.0, checkpoint_url=run.stack.url("postgres"))),
               At(CrashPoint("projector", "db-commit", "after", rng.randrange(2, 7), fallback_after=fb))]
     return [relay, others]
 
@@ -99,8 +99,8 @@ def start(run: Run, ctx: PhaseContext) -> None:
     run.services["cdc_relay"].start()
     run.services["projector"].start()
     run.services["order_service"].start().wait_healthy()  # it creates the tables and the slot
-    RejectCommits(run.ns.database_url, "orders", "customer_id", REJECT).apply(run)
-    StallCommits(run.ns.database_url, "orders", "customer_id", SLOW, P.stall).apply(run)
+    RejectCommits(run.ns.owner_url, "orders", "customer_id", REJECT).apply(run)
+    StallCommits(run.ns.owner_url, "orders", "customer_id", SLOW, P.stall).apply(run)
     probe_basics(orders(run))
     probe_concurrent_key(run, orders(run), Delay("postgres", P.delay_ms))
     for n in range(P.rejects):
@@ -127,7 +127,7 @@ def slow_orders(run: Run, ctx: PhaseContext) -> None:
 
 def wal_mark(run: Run) -> None:
     """Where the WAL was once the last order was acknowledged: the slot must get past it."""
-    with psycopg.connect(run.ns.database_url, connect_timeout=10) as conn:
+    with psycopg.connect(run.ns.reader_url, connect_timeout=10) as conn:
         mark = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
     run.history.observe("wal-mark", lsn=mark, t=run.history.elapsed())
 
@@ -138,7 +138,7 @@ def more_faults(run: Run, ctx: PhaseContext) -> None:
 
 
 def settle_and_observe(run: Run, ctx: PhaseContext) -> None:
-    url = run.ns.database_url
+    url = run.ns.reader_url
     quiesce(run.history, {"projector lag 0": settled(run),
                           "downstream rows stable": rows_stable(url, "SELECT count(*) FROM read_model.orders")},
             P.quiesce_timeout)
@@ -172,7 +172,7 @@ SCENARIO = Scenario(
             Phase("quiesce and observe", settle_and_observe),
             Phase("poison records", poison),
             Phase("traces: traced orders, a redelivery, SIGTERM flush", traces)],
-    observers=[slot_sampler(lambda run: run.ns.database_url)],
+    observers=[slot_sampler(lambda run: run.ns.reader_url)],
     checks={
         "api-contract": Check(check_api_contract, needs=[(Delay.kind, "postgres"), (Kill.kind, "order_service")]),
         "no-lost-events": Check(check_no_lost_orders, needs=[*RELAY_CRASHES, (StallCommits.kind, "orders"),
@@ -203,10 +203,10 @@ def metrics(run: Run, elapsed: float) -> dict[str, str]:
     """The live view's numbers (the latest trace is drawn by grader/live.py for every lab)."""
     shown = order_metrics(run.history, elapsed)
     try:
-        with psycopg.connect(run.ns.database_url, connect_timeout=3) as conn:
-            shown["outbox rows"] = str(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        with psycopg.connect(run.ns.reader_url, connect_timeout=3) as conn:
+            shown["outbox rows"] = str(conn.execute("SELECT count(*) FROM public.outbox").fetchone()[0])
             shown["orders downstream"] = str(conn.execute("SELECT count(*) FROM read_model.orders").fetchone()[0])
-        for slot in observe_slots(History(), run.ns.database_url):
+        for slot in observe_slots(History(), run.ns.reader_url):
             shown[f"slot {slot['slot']}"] = (f"{slot['lag_bytes']} bytes unconfirmed, {slot['retained_bytes']} bytes "
                                              f"of WAL retained")
         shown["projector lag"] = str(group_lag(run.kafka, run.ns.group("projector"), topic(run), timeout=2))
