@@ -32,6 +32,18 @@ def test_roundtrip(native_stack, kind):
     ROUNDTRIPS[kind](native_stack.url(kind))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a plain user the servers run as that user")
+def test_servers_run_as_an_unprivileged_user_and_group_only(native_stack):
+    """Never root, never root's group 0 (Popen(user=) alone keeps the caller's groups)."""
+    for kind, server in native_stack.servers.items():
+        assert server.pids(), kind
+        for pid in server.pids():
+            proc = psutil.Process(pid)
+            uids, gids = proc.uids(), proc.gids()
+            groups = Path(f"/proc/{pid}/status").read_text().split("Groups:")[1].splitlines()[0].split()
+            assert 0 not in (*uids, *gids) and groups in ([], [str(gids.real)]), (kind, uids, gids, groups)
+
+
 def test_namespaces_keep_two_runs_apart(native_stack):
     a, b = native_stack.namespace(prefix="a"), native_stack.namespace(prefix="b")
     try:
