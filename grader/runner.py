@@ -94,12 +94,13 @@ class Run:
 
     def wait_for_row(self, sql: str, params: tuple, alive: Callable[[], bool] = lambda: True,
                      timeout: float = 30) -> bool:
-        """True once `sql` returns a row in the run's database (grader's own connection), False after
+        """True once `sql` returns a row in the run's database (the grader's reader: name the schema,
+        `public.orders`), False after
         `timeout` or as soon as `alive()` says the service that should write it is gone."""
         def found() -> bool:
             if not alive():
                 raise WaitTimeout("the service is down")
-            with psycopg.connect(self.ns.database_url, connect_timeout=5) as conn:
+            with psycopg.connect(self.ns.reader_url, connect_timeout=5) as conn:
                 return conn.execute(sql, params).fetchone() is not None
 
         try:

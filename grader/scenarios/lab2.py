@@ -96,7 +96,7 @@ def faults(run: Run) -> list[list[At]]:
     # (between an order's transaction and a separate outbox one) a restart's failed commits would shift.
     others = [At(CrashPoint("order_service", "db-commit", "after", odd, fallback_after=fb), after_ok=5),
               At(HoldThenKill("order_service", "db-commit", odd2, hold=1.0, fallback_after=fb)),
-              At(RestartServer("postgres", down=1.0, checkpoint_url=run.ns.database_url)),
+              At(RestartServer("postgres", down=1.0, checkpoint_url=run.stack.url("postgres"))),
               At(CrashPoint("projector", "db-commit", "after", rng.randrange(2, 7), fallback_after=fb))]
     return [relay, others]
 
@@ -106,7 +106,7 @@ def relay_publishing(run: Run) -> bool:
     seconds): the slot's confirmed position moved since the last look. A broker cut that starts
     then meets its sends, and outlasts its delivery timeout (lab.toml: RELAY_DELIVERY_TIMEOUT_MS),
     so a relay that confirms past failed sends loses them."""
-    with psycopg.connect(run.ns.database_url, connect_timeout=5) as conn:
+    with psycopg.connect(run.ns.reader_url, connect_timeout=5) as conn:
         confirmed = conn.execute("SELECT max(confirmed_flush_lsn)::text FROM pg_replication_slots "
                                  "WHERE database = current_database()").fetchone()[0]
     before, run.state["confirmed"] = run.state.get("confirmed"), confirmed
@@ -141,8 +141,8 @@ def start(run: Run, ctx: PhaseContext) -> None:
     run.services["cdc_relay"].start()
     run.services["projector"].start()
     run.services["order_service"].start().wait_healthy()  # it creates the tables and the slot
-    RejectCommits(run.ns.database_url, "orders", "customer_id", REJECT).apply(run)
-    StallCommits(run.ns.database_url, "orders", "customer_id", SLOW, P.stall).apply(run)
+    RejectCommits(run.ns.owner_url, "orders", "customer_id", REJECT).apply(run)
+    StallCommits(run.ns.owner_url, "orders", "customer_id", SLOW, P.stall).apply(run)
     probe_basics(orders(run))
     probe_concurrent_key(run, orders(run), Delay("postgres", P.delay_ms))
     for n in range(P.rejects):
@@ -169,7 +169,7 @@ def slow_orders(run: Run, ctx: PhaseContext) -> None:
 
 def wal_mark(run: Run) -> None:
     """Where the WAL was once the last order was acknowledged: the slot must get past it."""
-    with psycopg.connect(run.ns.database_url, connect_timeout=10) as conn:
+    with psycopg.connect(run.ns.reader_url, connect_timeout=10) as conn:
         mark = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
     run.history.observe("wal-mark", lsn=mark, t=run.history.elapsed())
 
@@ -180,7 +180,7 @@ def more_faults(run: Run, ctx: PhaseContext) -> None:
 
 
 def settle_and_observe(run: Run, ctx: PhaseContext) -> None:
-    url = run.ns.database_url
+    url = run.ns.reader_url
     quiesce(run.history, {"projector lag 0": settled(run),
                           "downstream rows stable": rows_stable(url, "SELECT count(*) FROM read_model.orders")},
             P.quiesce_timeout)
@@ -223,7 +223,7 @@ SCENARIO = Scenario(
             Phase("poison records", poison, injects=(Poison.kind,)),
             Phase("traces: traced orders, a redelivery, SIGTERM flush", traces, injects=(Duplicates.kind,),
                   serves=("traces",))],
-    observers=[slot_sampler(lambda run: run.ns.database_url)],
+    observers=[slot_sampler(lambda run: run.ns.reader_url)],
     checks={
         "api-contract": Check(check_api_contract, needs=[(Delay.kind, "postgres"), (Kill.kind, "order_service"),
                                                          (CrashPoint.kind, "order_service")],
@@ -263,10 +263,10 @@ def metrics(run: Run, elapsed: float) -> dict[str, str]:
     """The live view's numbers (the latest trace is drawn by grader/live.py for every lab)."""
     shown = order_metrics(run.history, elapsed)
     try:
-        with psycopg.connect(run.ns.database_url, connect_timeout=3) as conn:
-            shown["outbox rows"] = str(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        with psycopg.connect(run.ns.reader_url, connect_timeout=3) as conn:
+            shown["outbox rows"] = str(conn.execute("SELECT count(*) FROM public.outbox").fetchone()[0])
             shown["orders downstream"] = str(conn.execute("SELECT count(*) FROM read_model.orders").fetchone()[0])
-        for slot in observe_slots(History(), run.ns.database_url):
+        for slot in observe_slots(History(), run.ns.reader_url):
             shown[f"slot {slot['slot']}"] = (f"{slot['lag_bytes']} bytes unconfirmed, {slot['retained_bytes']} bytes "
                                              f"of WAL retained")
         shown["projector lag"] = str(group_lag(run.kafka, run.ns.group("projector"), topic(run), timeout=2))

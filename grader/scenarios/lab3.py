@@ -84,7 +84,7 @@ def catalog(run: Run) -> Catalog:
 
 def observer(run: Run) -> RedisObserver:
     if "observer" not in run.state:
-        run.state["observer"] = RedisObserver(run.stack.url("redis"))
+        run.state["observer"] = RedisObserver(run.ns.reader_url_for("redis"))
     return run.state["observer"]
 
 
@@ -101,7 +101,7 @@ def probes(run: Run) -> CacheProbes:
 
 def reprovision(run: Run) -> None:
     """Redis restarted empty: the run's ACL user is back (the service's credentials still work)."""
-    provision_redis(run.stack.url("redis"), run.ns.name, run.ns.password)
+    provision_redis(run.stack.url("redis"), run.ns.name, run.ns.password, run.ns.reader_password)
 
 
 # --- phases ------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def start(run: Run, ctx: PhaseContext) -> None:
         run.services[name].start()
     for name in SERVICES:
         run.services[name].wait_healthy()
-    with psycopg.connect(run.ns.database_url, connect_timeout=10) as conn:  # its slot, if it uses one, first
+    with psycopg.connect(run.ns.reader_url, connect_timeout=10) as conn:  # its slot, if it uses one, first
         wait_quietly(lambda: conn.execute("SELECT 1 FROM pg_replication_slots WHERE database = current_database()")
                      .fetchone(), 5)
     pids, absent = ids(run)["all"], ids(run)["absent"]
@@ -208,8 +208,8 @@ def settle_and_observe(run: Run, ctx: PhaseContext) -> None:
     pids = ids(run)["all"]
     quiesce(run.history, {"cached versions stable": versions_stable(observer(run), lambda: [cache_key(run, p) for p in pids],
                                                                     1.5)}, P.quiesce_timeout)
-    observe_rows(run.history, "final-db", run.ns.database_url,
-                 {"products": "SELECT id, name, price_cents, version FROM products ORDER BY id"})
+    observe_rows(run.history, "final-db", run.ns.reader_url,
+                 {"products": "SELECT id, name, price_cents, version FROM public.products ORDER BY id"})
     observe_cache(run.history, "final-cache", observer(run), {p: cache_key(run, p) for p in pids})
     probes(run).flush_reads()
 

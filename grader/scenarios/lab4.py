@@ -83,7 +83,7 @@ def prepare_services(run: Run) -> None:
 
 
 def consuming(run: Run) -> bool:
-    with psycopg.connect(run.ns.database_url, connect_timeout=5):
+    with psycopg.connect(run.ns.reader_url, connect_timeout=5):
         pass
     from ..observe.amqp import _connection
     with _connection(run) as conn:
@@ -129,8 +129,8 @@ def settled(run: Run) -> bool:
     """Every accepted payment charged (or, if poison, dead-lettered), and no retry waiting."""
     poison = {p for p, plan in plans(run.history).items() if plan.get("poison")}
     wanted = set(accepted(run.history))
-    with psycopg.connect(run.ns.database_url, connect_timeout=5) as conn:
-        charged = {r[0] for r in conn.execute("SELECT payment_id FROM charges")}
+    with psycopg.connect(run.ns.reader_url, connect_timeout=5) as conn:
+        charged = {r[0] for r in conn.execute("SELECT payment_id FROM public.charges")}
     depths = queue_depths(run, [q(run, f"payments.retry.{n}") for n in (1, 2, 3)] + [q(run, "payments.dead")])
     dead = depths.pop(q(run, "payments.dead")) or 0
     return (wanted - poison) <= charged and dead >= len(poison & wanted) and not any(depths.values())
@@ -163,8 +163,8 @@ def quiet(run: Run, ctx: PhaseContext) -> None:
 
 def observe(run: Run, ctx: PhaseContext) -> None:
     try:
-        with psycopg.connect(run.ns.database_url, connect_timeout=10) as conn:
-            rows = [list(r) for r in conn.execute("SELECT payment_id, amount_cents FROM charges")]
+        with psycopg.connect(run.ns.reader_url, connect_timeout=10) as conn:
+            rows = [list(r) for r in conn.execute("SELECT payment_id, amount_cents FROM public.charges")]
         run.history.observe(CHARGES, rows=rows)
     except psycopg.Error as e:
         run.history.observe(CHARGES, rows=[], error=f"{type(e).__name__}: {e}")
@@ -264,8 +264,8 @@ def metrics(run: Run, elapsed: float) -> dict[str, str]:
         shown["waiting to retry"] = str(sum(depths[q(run, f"payments.retry.{n}")] or 0 for n in (1, 2, 3)))
         shown["dead-letter queue"] = str(depths[q(run, "payments.dead")])
         shown["unacked/prefetch (consuming channels)"] = channels_shown(run)
-        with psycopg.connect(run.ns.database_url, connect_timeout=3) as conn:
-            charged = conn.execute("SELECT count(*) FROM charges").fetchone()[0]
+        with psycopg.connect(run.ns.reader_url, connect_timeout=3) as conn:
+            charged = conn.execute("SELECT count(*) FROM public.charges").fetchone()[0]
         shown["charges"] = f"{charged} ({charged / max(elapsed, 1e-9):.1f}/s)"
         approved = {c.data["payment_id"] for c in calls if c.data["status"] == 200}
         repeats = sum(1 for c in calls if c.data["status"] == 200) - len(approved)
