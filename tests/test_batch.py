@@ -511,3 +511,20 @@ def test_bundle_command(tmp_path):
     again = runner.invoke(cli.app, ["bundle", "--student", str(tmp_path / "kit")])
     assert again.exit_code == 2 and "exists" in again.output
     assert runner.invoke(cli.app, ["bundle", "lab-1", str(tmp_path / "x")]).exit_code == 2
+
+
+def test_a_clone_s_commit_is_read_without_running_git(tmp_path, lab):
+    from grader.batch.discover import git_commit
+
+    clone = services(tmp_path / "class" / "alice")
+    run = lambda *a: subprocess.run(["git", "-C", str(clone), *a], check=True, capture_output=True, text=True)
+    run("init", "-q")
+    run("-c", "user.email=a@b", "-c", "user.name=a", "add", ".")
+    run("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "x")
+    head = run("rev-parse", "HEAD").stdout.strip()
+    (sub,) = [s for s in discover(tmp_path / "class", lab, tmp_path / "work") if s.name == "alice"]
+    assert git_commit(sub) == head
+    run("pack-refs", "--all")
+    assert git_commit(sub) == head
+    (clone / ".git" / "config").write_text(f"[core]\n\tfsmonitor = touch {tmp_path / 'ran'}\n")
+    assert git_commit(sub) == head and not (tmp_path / "ran").exists()

@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,12 +260,35 @@ def fingerprint(sub: Submission) -> str:
     return digest.hexdigest()
 
 
-def git_commit(sub: Submission) -> str | None:
-    if sub.kind != "git":
-        return None
+def _small_file(path: Path, limit: int = 1 << 20) -> str | None:
+    """The text of a regular file (not a link) of at most `limit` bytes, else None."""
     try:
-        out = subprocess.run(["git", "-C", str(sub.source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+        with os.fdopen(open_regular(path), "rb") as f:
+            data = f.read(limit + 1)
+    except OSError:
         return None
-    return out.stdout.strip() or None
+    return data.decode(errors="replace") if len(data) <= limit else None
+
+
+def git_commit(sub: Submission) -> str | None:
+    """The clone's HEAD commit, read from its .git folder's files: git itself is never run in a
+    submission (its config can run commands - core.fsmonitor - and `.git` can be a file or link
+    pointing elsewhere); links are not followed."""
+    git = sub.source / ".git"
+    if sub.kind != "git" or not _real_dir(git):
+        return None
+    head = (_small_file(git / "HEAD", 4096) or "").strip()
+    if head.startswith("ref: "):
+        ref = head[5:].strip()
+        if not re.fullmatch(r"refs/[A-Za-z0-9._/+-]+", ref) or ".." in ref.split("/"):
+            return None
+        parts = ref.split("/")
+        folders_real = all(_real_dir(git.joinpath(*parts[:i])) for i in range(1, len(parts)))
+        loose = _small_file(git.joinpath(*parts), 4096) if folders_real else None
+        if loose is not None:
+            head = loose.strip()
+        else:
+            packed = _small_file(git / "packed-refs") or ""
+            head = next((line.split(" ", 1)[0] for line in packed.splitlines()
+                         if line.endswith(" " + ref) and not line.startswith(("#", "^"))), "")
+    return head if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", head) else None
