@@ -211,7 +211,7 @@ def discover(root: Path, lab: Lab, work: Path) -> list[Submission]:
         return gradescope
     if not entries:  # loose files and no services: one submission, graded so its report says what is missing
         return [Submission(_safe(root.name), root)]
-    names = _unique(_strip_common_prefix([_safe(stem(p)) for p in entries]))
+    names = _unique([_safe(n) for n in _strip_common_prefix([_safe(stem(p)) for p in entries])])
     return [Submission(name, path) for name, path in zip(names, entries)]
 
 
