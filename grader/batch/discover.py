@@ -10,8 +10,8 @@ Accepted as SUBMISSIONS:
 A submission's services may sit a few folders deep (an archive of a folder, `src/`): the graded
 folder is the shallowest one holding one of the lab's service packages. Inside a submission no link is
 followed (grader/untrusted.py): a folder reached through a symlink is never its service root, and its
-fingerprint hashes a link's text, not what it points at. An entry of SUBMISSIONS itself may be a link
-(the instructor's own: `ln -s ~/repos/alice class/alice`).
+fingerprint hashes a link's text, not what it points at. An entry of SUBMISSIONS that is a link gets a
+row saying it was refused (SUBMISSIONS may be one student's upload: Gradescope's /autograder/submission).
 
 Names: a student's name comes from what they handed in (a folder or archive name, Gradescope's
 metadata), so it is made safe as one folder name (`safe_name`) and unique in the class, also where
@@ -67,8 +67,6 @@ def safe_name(name: str) -> str:
         kept = kept[:-1]
     return kept.rstrip("._-+@") or "submission"
 
-
-_safe = safe_name
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -168,7 +166,7 @@ def _gradescope(folder: Path) -> list[Submission] | None:
                       or p.get("name")) for p in people if isinstance(p, dict)]
         names = [str(p.get(":name") or p.get("name") or "") for p in people if isinstance(p, dict)]
         student = "+".join(label.split("@")[0] for label in labels if label and label != "None") or str(key)
-        found.append(Submission(_safe(student), path, [n for n in names if n]))
+        found.append(Submission(safe_name(student), path, [n for n in names if n]))
     names = _unique([s.name for s in found])
     for sub, name in zip(found, names):
         sub.name = name
@@ -201,7 +199,7 @@ def discover(root: Path, lab: Lab, work: Path) -> list[Submission]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder or an archive")
     if holds_services(root, lab):
-        return [Submission(_safe(root.name), root)]
+        return [Submission(safe_name(root.name), root)]
     entries = _entries(root)
     while len(entries) == 1 and _real_dir(entries[0]) and not holds_services(entries[0], lab) \
             and not (entries[0] / ".git").exists() and _entries(entries[0]):
@@ -210,8 +208,8 @@ def discover(root: Path, lab: Lab, work: Path) -> list[Submission]:
     if gradescope is not None:
         return gradescope
     if not entries:  # loose files and no services: one submission, graded so its report says what is missing
-        return [Submission(_safe(root.name), root)]
-    names = _unique([_safe(n) for n in _strip_common_prefix([_safe(stem(p)) for p in entries])])
+        return [Submission(safe_name(root.name), root)]
+    names = _unique([safe_name(n) for n in _strip_common_prefix([safe_name(stem(p)) for p in entries])])
     return [Submission(name, path) for name, path in zip(names, entries)]
 
 
