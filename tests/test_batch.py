@@ -591,3 +591,20 @@ def test_student_kit_readmes_commands_run_and_point_at_what_the_kit_has(student_
     mutants = {p.name for p in (REPO_ROOT / "tests" / "mutants").glob("*/*") if p.is_dir()}
     named_mutants = [m for m in mutants if re.search(rf"\b{m}\b(?!=)", text)]  # `auto_ack=True` is pika's
     assert not named_mutants, "a mutant's name gives its bug away"
+
+
+def test_a_clone_s_commit_is_read_without_running_git(tmp_path, lab):
+    from grader.batch.discover import git_commit
+
+    clone = services(tmp_path / "class" / "alice")
+    run = lambda *a: subprocess.run(["git", "-C", str(clone), *a], check=True, capture_output=True, text=True)
+    run("init", "-q")
+    run("-c", "user.email=a@b", "-c", "user.name=a", "add", ".")
+    run("-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "x")
+    head = run("rev-parse", "HEAD").stdout.strip()
+    (sub,) = [s for s in discover(tmp_path / "class", lab, tmp_path / "work") if s.name == "alice"]
+    assert git_commit(sub) == head
+    run("pack-refs", "--all")
+    assert git_commit(sub) == head
+    (clone / ".git" / "config").write_text(f"[core]\n\tfsmonitor = touch {tmp_path / 'ran'}\n")
+    assert git_commit(sub) == head and not (tmp_path / "ran").exists()

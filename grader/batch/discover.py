@@ -10,8 +10,8 @@ Accepted as SUBMISSIONS:
 A submission's services may sit a few folders deep (an archive of a folder, `src/`): the graded
 folder is the shallowest one holding one of the lab's service packages. Inside a submission no link is
 followed (grader/untrusted.py): a folder reached through a symlink is never its service root, and its
-fingerprint hashes a link's text, not what it points at. An entry of SUBMISSIONS itself may be a link
-(the instructor's own: `ln -s ~/repos/alice class/alice`).
+fingerprint hashes a link's text, not what it points at. An entry of SUBMISSIONS that is a link gets a
+row saying it was refused (SUBMISSIONS may be one student's upload: Gradescope's /autograder/submission).
 
 Names: a student's name comes from what they handed in (a folder or archive name, Gradescope's
 metadata), so it is made safe as one folder name (`safe_name`) and unique in the class, also where
@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +67,6 @@ def safe_name(name: str) -> str:
         kept = kept[:-1]
     return kept.rstrip("._-+@") or "submission"
 
-
-_safe = safe_name
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -169,7 +166,7 @@ def _gradescope(folder: Path) -> list[Submission] | None:
                       or p.get("name")) for p in people if isinstance(p, dict)]
         names = [str(p.get(":name") or p.get("name") or "") for p in people if isinstance(p, dict)]
         student = "+".join(label.split("@")[0] for label in labels if label and label != "None") or str(key)
-        found.append(Submission(_safe(student), path, [n for n in names if n]))
+        found.append(Submission(safe_name(student), path, [n for n in names if n]))
     names = _unique([s.name for s in found])
     for sub, name in zip(found, names):
         sub.name = name
@@ -202,7 +199,7 @@ def discover(root: Path, lab: Lab, work: Path) -> list[Submission]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder or an archive")
     if holds_services(root, lab):
-        return [Submission(_safe(root.name), root)]
+        return [Submission(safe_name(root.name), root)]
     entries = _entries(root)
     while len(entries) == 1 and _real_dir(entries[0]) and not holds_services(entries[0], lab) \
             and not (entries[0] / ".git").exists() and _entries(entries[0]):
@@ -211,8 +208,8 @@ def discover(root: Path, lab: Lab, work: Path) -> list[Submission]:
     if gradescope is not None:
         return gradescope
     if not entries:  # loose files and no services: one submission, graded so its report says what is missing
-        return [Submission(_safe(root.name), root)]
-    names = _unique(_strip_common_prefix([_safe(stem(p)) for p in entries]))
+        return [Submission(safe_name(root.name), root)]
+    names = _unique([safe_name(n) for n in _strip_common_prefix([safe_name(stem(p)) for p in entries])])
     return [Submission(name, path) for name, path in zip(names, entries)]
 
 
@@ -277,12 +274,35 @@ def content_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def git_commit(sub: Submission) -> str | None:
-    if sub.kind != "git":
-        return None
+def _small_file(path: Path, limit: int = 1 << 20) -> str | None:
+    """The text of a regular file (not a link) of at most `limit` bytes, else None."""
     try:
-        out = subprocess.run(["git", "-C", str(sub.source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+        with os.fdopen(open_regular(path), "rb") as f:
+            data = f.read(limit + 1)
+    except OSError:
         return None
-    return out.stdout.strip() or None
+    return data.decode(errors="replace") if len(data) <= limit else None
+
+
+def git_commit(sub: Submission) -> str | None:
+    """The clone's HEAD commit, read from its .git folder's files: git itself is never run in a
+    submission (its config can run commands - core.fsmonitor - and `.git` can be a file or link
+    pointing elsewhere); links are not followed."""
+    git = sub.source / ".git"
+    if sub.kind != "git" or not _real_dir(git):
+        return None
+    head = (_small_file(git / "HEAD", 4096) or "").strip()
+    if head.startswith("ref: "):
+        ref = head[5:].strip()
+        if not re.fullmatch(r"refs/[A-Za-z0-9._/+-]+", ref) or ".." in ref.split("/"):
+            return None
+        parts = ref.split("/")
+        folders_real = all(_real_dir(git.joinpath(*parts[:i])) for i in range(1, len(parts)))
+        loose = _small_file(git.joinpath(*parts), 4096) if folders_real else None
+        if loose is not None:
+            head = loose.strip()
+        else:
+            packed = _small_file(git / "packed-refs") or ""
+            head = next((line.split(" ", 1)[0] for line in packed.splitlines()
+                         if line.endswith(" " + ref) and not line.startswith(("#", "^"))), "")
+    return head if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", head) else None

@@ -20,7 +20,10 @@ for target in targets:
     try:
         with open(target, "w") as f:
             f.write("import os; os.system('echo owned')\n")
-        print(f"ATTACK SUCCEEDED: wrote {target}", flush=True)
+        if os.path.realpath(target).startswith("/tmp/"):  # the sandbox's own /tmp: the test looks outside
+            print(f"ATTACK FAILED: wrote {target}, inside the sandbox's private /tmp", flush=True)
+        else:
+            print(f"ATTACK SUCCEEDED: wrote {target}", flush=True)
     except OSError as e:
         print(f"ATTACK FAILED: {target}: {e}", flush=True)
 serve(json_app("writes-outside"))
