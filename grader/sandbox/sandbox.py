@@ -458,7 +458,6 @@ def _build_site(site: Path, expose: tuple[str, ...] = ()) -> None:
     (site / "services" / "__init__.py").write_text("")
     for package in ("common", *expose):
         shutil.copytree(COMMON.parent / package, site / "services" / package)  # with its bytecode: copy2 keeps mtimes
-    shutil.copy2(Path(__file__).with_name("sitecustomize.py"), site / "sitecustomize.py")  # pika under the egress filter
     shutil.copy2(Path(__file__).with_name("relay.py"), site / RELAY_NAME)  # the inside half of each bridge
     for folder, _, files in os.walk(site):
         os.chmod(folder, 0o755)
