@@ -26,6 +26,7 @@ import sys
 import threading
 
 CHUNK = 65536
+LIVE: set[asyncio.Task] = set()  # asyncio keeps only weak references to tasks: a connection's is kept here
 
 
 def listener(spec: str) -> socket.socket:
@@ -63,16 +64,21 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 
 def handler(target: str):
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        LIVE.add(task)
         try:
-            far_reader, far_writer = await connect(target)
-        except OSError:  # nothing listens there (yet): the caller sees its connection closed
-            writer.transport.abort()
-            return
-        try:
-            await asyncio.gather(pipe(reader, far_writer), pipe(far_reader, writer))
+            try:
+                far_reader, far_writer = await connect(target)
+            except OSError:  # nothing listens there (yet): the caller sees its connection closed
+                writer.transport.abort()
+                return
+            try:
+                await asyncio.gather(pipe(reader, far_writer), pipe(far_reader, writer))
+            finally:
+                writer.transport.abort()
+                far_writer.transport.abort()
         finally:
-            writer.transport.abort()
-            far_writer.transport.abort()
+            LIVE.discard(task)
     return relay
 
 
