@@ -430,8 +430,46 @@ def test_gradescope_bundle(tmp_path, lab):
         assert os.access(path, os.X_OK), f"{script} must be executable"
         assert subprocess.run(["bash", "-n", str(path)]).returncode == 0, f"{script}: bash syntax"
     run = (tmp_path / "source" / "run_autograder").read_text()
-    assert "labkit grade lab-1 /autograder/submission" in run and "--runtime native" in run
-    assert "/autograder/results/results.json" in run
+    assert "grader.batch.gradescope lab-1 /autograder/submission /autograder/results/results.json" in run
+    assert "--trust-submissions" not in run
+    assert "bubblewrap util-linux nftables" in (tmp_path / "source" / "setup.sh").read_text()
+
+
+def test_the_gradescope_autograder_refuses_to_grade_unisolated(tmp_path, monkeypatch):
+    import grader.batch
+    from grader.batch import gradescope
+
+    monkeypatch.setattr(grader.batch, "isolation_available", lambda: "bwrap not found: apt-get install bubblewrap")
+    results = tmp_path / "results" / "results.json"
+    results.parent.mkdir()
+    results.write_text('{"score": 10}')  # whatever was there is replaced
+    assert gradescope.main(["lab-1", str(tmp_path / "submission"), str(results)]) == 0
+    data = json.loads(results.read_text())
+    assert data["score"] == 0 and "not graded" in data["output"] and "bwrap not found" in data["output"]
+    assert not (tmp_path / "graded").exists()  # nothing of the submission ran
+
+
+def test_the_gradescope_autograder_writes_only_after_the_submission_is_gone(tmp_path, monkeypatch):
+    """A process of a sandbox uid still running (a survivor) is killed before results.json is written."""
+    from grader.batch import gradescope
+
+    if os.geteuid() != 0:
+        pytest.skip("running a process as a sandbox uid needs root")
+    uid = 3_919_990  # outside the sandboxes' range: other runs on this machine are never touched
+    survivor = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sleep", "600"])
+    monkeypatch.setattr(gradescope, "uid_range", lambda: (uid, uid))
+    try:
+        assert survivor.pid in gradescope.sandbox_processes()
+        assert gradescope.wait_submission_gone(30)
+        assert survivor.wait(10) == -9
+    finally:
+        if survivor.poll() is None:
+            survivor.kill()
+    graded = tmp_path / "graded" / "alice"
+    graded.mkdir(parents=True)
+    (graded / "results.json").write_text('{"score": 3, "tests": []}')
+    (tmp_path / "graded" / "bob").symlink_to(graded)  # a link is never read
+    assert gradescope.graded_results(tmp_path / "graded") == {"score": 3, "tests": []}
 
 
 def test_classroom_bundle_has_the_workflow_the_reporter_needs(tmp_path, lab):

@@ -3,9 +3,10 @@
 Works with cgroups v2 (a writable unified hierarchy with the controllers delegated to us) and with
 v1 (one hierarchy per controller, as on these VMs: `pids`, `memory` and `cpu` mounted under
 /sys/fs/cgroup). CPU: a hard quota (`cpu.cfs_quota_us`/`cpu.cfs_period_us`, v2 `cpu.max`) of
-`cpus` CPUs for the whole run, and half the default weight (`cpu.shares` 512, v2 `cpu.weight` 50), so
-a run's spinners neither slow the runs beside it past their own share nor starve the grader and the
-servers it reads from (they stay in the cgroup the grader is in, at the default weight).
+`cpus` CPUs for the whole run, so N spinners take one CPU's worth, not N. The weight is that of
+WEIGHT_TASKS busy processes (`cpu.shares` 4096, v2 `cpu.weight` 400): a group competes as *one*
+entity with every process of the grader's own cgroup, so at the default weight a run on a loaded
+machine would get one process's share for all of its services and starve (its quota caps it anyway).
 The group is created below the cgroup the grader itself is in. Where neither is writable,
 `Cgroup.create` returns None and the sandbox relies on its PID namespace and rlimits alone.
 """
@@ -19,6 +20,7 @@ from typing import Callable
 
 ROOT = Path("/sys/fs/cgroup")
 CPU_PERIOD_US = 100_000
+WEIGHT_TASKS = 4  # a run's CPU weight, in default-weight processes
 V1_CONTROLLERS = ("pids", "memory", "cpu")
 
 
@@ -47,7 +49,7 @@ class Cgroup:
         settings = {"pids": [("pids.max", str(pids_max))],
                     "memory": [("memory.limit_in_bytes", str(memory_bytes))],
                     "cpu": [("cpu.cfs_period_us", str(CPU_PERIOD_US)), ("cpu.cfs_quota_us", quota),
-                            ("cpu.shares", "512")]}
+                            ("cpu.shares", str(1024 * WEIGHT_TASKS))]}
         made: list[Path] = []
         try:
             for controller in V1_CONTROLLERS:
@@ -91,7 +93,7 @@ class Cgroup:
             (path / "pids.max").write_text(str(pids_max))
             if (path / "cpu.max").exists():  # the cpu controller is not always delegated
                 (path / "cpu.max").write_text(f"{int(cpus * CPU_PERIOD_US) if cpus else 'max'} {CPU_PERIOD_US}")
-                (path / "cpu.weight").write_text("50")
+                (path / "cpu.weight").write_text(str(100 * WEIGHT_TASKS))
         except OSError:  # controllers not delegated to us
             _rmdir(path)
             return None

@@ -3,12 +3,11 @@
 ports) and nothing else: not the real broker port, not other runs' services, not servers of the
 machine on standard ports, not the outside world.
 
-A network namespace would be stronger but cuts the run off 127.0.0.1, where the stack listens; so
-the filter is nftables matching the socket owner's uid (`meta skuid`), which is unique to the run.
-Packets of connections already established (replies of the service's own listening socket) pass.
-Unix sockets are not IP: those of the host are hidden by the mount namespace; abstract ones are not
-(see README.md). Where `nft` is missing or refused, `Egress.create` returns None and the sandbox
-runs without the filter (isolation_available() still says yes; README.md says what remains).
+Since each service life has a network namespace of its own (bridge.py, relay.py), this is the second
+wall: the only sockets of the run's uid in the host's namespace are its outside relay's, whose targets
+are fixed; the filter (nftables matching the socket owner's uid, `meta skuid`, unique to the run)
+would still hold if one were subverted. Packets of connections already established pass. Where `nft`
+is missing or refused, `Egress.create` returns None and the namespace alone holds.
 """
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ import psutil
 from ..nemesis.crashpoints import CRASHSITE
 from ..stack.procs import Guardian, ServerProcess
 from ..untrusted import copy_tree
+from .bridge import Bridge, split_ports
 from .cgroups import Cgroup
 from .firewall import Egress, ports_in
 from .uids import UidLease
@@ -49,6 +50,7 @@ GRADER_VARS = ("LABKIT_CRASH", "LABKIT_CRASH_CONTROL", "LABKIT_CRASH_MARKER", "L
 MARKER_VAR = "LABKIT_CRASH_MARKER"
 CONTROL_VAR = "LABKIT_CRASH_CONTROL"  # the grader's live arms: its folder is bound read-only at the same path
 MARKER_MAX_BYTES = 64 * 1024
+RELAY_NAME = "labkit_relay.py"
 
 
 class SandboxError(RuntimeError):
@@ -131,6 +133,7 @@ class Sandbox:
                                f"{str(e)[:300]}") from None
         (self.workdir / ".home").mkdir(exist_ok=True)
         self.markers.mkdir()
+        self.net.mkdir(mode=0o755)  # root's: the bridges' sockets, which the submission must not replace
         _chown_tree(self.workdir, uid)
         os.chown(self.markers, uid, uid)
         os.chmod(self.workdir, 0o700)
@@ -194,6 +197,11 @@ class Sandbox:
         return self._dir("markers")
 
     @property
+    def net(self) -> Path:
+        """Root-owned, read-only inside: each life's bridge sockets (bridge.py)."""
+        return self._dir("net")
+
+    @property
     def uid(self) -> int:
         assert self.lease is not None, "sandbox not open"
         return self.lease.uid
@@ -225,8 +233,9 @@ class Sandbox:
         })
         return out
 
-    def command(self, argv: list[str], cwd: Path, cgroup: Cgroup | None = None) -> list[str]:
-        """argv wrapped: into the cgroup, under rlimits, into the namespaces, down to the run's uid."""
+    def command(self, argv: list[str], cwd: Path, cgroup: Cgroup | None, bridge: Bridge) -> list[str]:
+        """argv wrapped: into the cgroup, under rlimits, into the namespaces (a network namespace of
+        its own, joined to its ports by `bridge`'s relays), down to the run's uid."""
         uid = self.uid
         limits = [f"--nproc={self.limits.processes}", f"--fsize={self.limits.file_size}",
                   f"--nofile={self.limits.open_files}", "--core=0"]
@@ -236,15 +245,16 @@ class Sandbox:
         # ends (a fault's watcher thread restarting a service), killing a healthy service. The process
         # group (our kill, the guardian's) and the cgroup end the namespace instead.
         jail = ["bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-                "--hostname", "labkit-sandbox", *_mounts(self), "--chdir", str(cwd),
+                "--unshare-net", "--hostname", "labkit-sandbox", *_mounts(self), "--chdir", str(cwd),
                 "--", "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
                 "--inh-caps=-all", "--bounding-set=-all", "--"]
+        outside = bridge.outside_command(["prlimit", *limits, "--", *jail, *bridge.inside_command(argv)])
         enter = []
         cgroup = cgroup or self.cgroup
         if cgroup:  # join the cgroup before anything else runs, so every descendant is in it
             enter = ["/bin/sh", "-c", 'while [ "$1" != -- ]; do echo $$ > "$1"; shift; done; shift; exec "$@"',
                      "labkit-enter", *map(str, cgroup.procs_files), "--"]
-        return [*enter, "prlimit", *limits, "--", *jail, *argv]
+        return [*enter, *outside]
 
     def spawn(self, argv: list[str], log: Path, env: dict[str, str], cwd: Path | None = None,
               allowed: Iterable[str] = ()) -> "SandboxedProcess":
@@ -252,11 +262,22 @@ class Sandbox:
             raise SandboxError(f"the run's wall-time limit ({self.limits.wall_time:.0f} s) is over")
         cwd = cwd or self.workdir
         env = self.environment(env, allowed)
-        if self.egress:  # only where the contract points: the proxy, not the broker behind it
+        if self.egress:  # a second wall: the outside relay, as the run's uid, reaches only these
             self.egress.allow(ports_in(env))
-        cgroup = self.cgroup.child(f"life-{next(self._lives)}") if self.cgroup else None
-        proc = SandboxedProcess(self, cgroup, self.command(argv, cwd, cgroup), log, env=env, cwd=self.workdir,
-                                log_limit=self.limits.log_size)
+        life = next(self._lives)
+        cgroup = self.cgroup.child(f"life-{life}") if self.cgroup else None
+        outbound, inbound = split_ports(env)
+        try:
+            bridge = Bridge(self.net / f"life-{life}", self.uid, outbound, inbound, self.site / RELAY_NAME)
+        except OSError as e:
+            if cgroup:
+                cgroup.remove()
+            raise SandboxError(f"cannot prepare the service's ports {sorted(inbound)}: {e}") from None
+        try:
+            proc = SandboxedProcess(self, cgroup, self.command(argv, cwd, cgroup, bridge), log, env=env,
+                                    cwd=self.workdir, log_limit=self.limits.log_size, pass_fds=bridge.fds)
+        finally:
+            bridge.close()  # the relays hold their own copies
         self.procs.append(proc)
         return proc
 
@@ -402,7 +423,7 @@ def isolation_problem() -> str | None:
     missing = [tool for tool in ("bwrap", "setpriv", "prlimit") if shutil.which(tool) is None]
     if missing:
         return f"{', '.join(missing)} not found: apt-get install bubblewrap util-linux"
-    probe = subprocess.run(["bwrap", "--unshare-pid", "--ro-bind", "/", "/", "--proc", "/proc",
+    probe = subprocess.run(["bwrap", "--unshare-pid", "--unshare-net", "--ro-bind", "/", "/", "--proc", "/proc",
                             "--dev", "/dev", "--", "true"], capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
         return f"bubblewrap cannot create namespaces here: {probe.stderr.strip()[-300:]}"
@@ -435,7 +456,7 @@ def _build_site(site: Path, expose: tuple[str, ...] = ()) -> None:
     (site / "services" / "__init__.py").write_text("")
     for package in ("common", *expose):
         shutil.copytree(COMMON.parent / package, site / "services" / package)  # with its bytecode: copy2 keeps mtimes
-    shutil.copy2(Path(__file__).with_name("sitecustomize.py"), site / "sitecustomize.py")  # pika under the egress filter
+    shutil.copy2(Path(__file__).with_name("relay.py"), site / RELAY_NAME)  # the inside half of each bridge
     for folder, _, files in os.walk(site):
         os.chmod(folder, 0o755)
         for name in files:
@@ -490,4 +511,5 @@ def _mounts(sandbox: Sandbox) -> list[str]:
     bind(sandbox.markers, sandbox.markers, "--bind")
     for folder in sorted(sandbox.readable):
         bind(folder, folder)
+    bind(sandbox.net, sandbox.net)
     return args

@@ -188,7 +188,8 @@ class ServerProcess:
     pipe and a copier thread then); None writes straight into the file."""
 
     def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None, user: str | None = None, log_limit: int | None = None) -> None:
+                 cwd: Path | None = None, user: str | None = None, log_limit: int | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.argv = argv
         self.log = log
         self._log_file = open(log, "ab")
@@ -197,7 +198,7 @@ class ServerProcess:
             self.popen = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=self._log_file if log_limit is None else subprocess.PIPE,
                 stderr=subprocess.STDOUT, env=env if env is not None else _clean_env(), cwd=cwd,
-                start_new_session=True, **account(user),
+                start_new_session=True, pass_fds=pass_fds, **account(user),
             )
         except FileNotFoundError as e:
             self._log_file.close()
