@@ -29,6 +29,7 @@ class RunReport:
     logs: dict[str, str] = field(default_factory=dict)  # service -> log tail
     crashed: list[str] = field(default_factory=list)  # services that died on their own: their logs are shown
     faults: list[dict] = field(default_factory=list)  # injected faults: fault, target, start, end, effective, ...
+    coverage: dict[str, str] = field(default_factory=dict)  # service -> "3 of 3 boundaries killed after, 2 held before"
 
     @property
     def counted(self) -> list[CheckResult]:

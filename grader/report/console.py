@@ -62,6 +62,8 @@ def print_report(report: RunReport, console: Console | None = None) -> None:
         console.print(Panel(escape(errors.pop()), title="[yellow]ERROR[/] the run could not finish", title_align="left"))
     if report.faults:
         console.print(fault_table(report))
+    for service, covered in report.coverage.items():
+        console.print(f"[dim]crash coverage:[/] {escape(service)}: {escape(covered)}")
     for note in report.notes:
         console.print(f"[dim]note:[/] {escape(note)}")
     for name, log in report.logs_to_show().items():
