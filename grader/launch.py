@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +47,7 @@ class Service:
     crash_dir: Path | None = None  # the crash site's control and state files (None: no crash site)
     past_lives: list[dict] = field(default_factory=list)  # the crash site's state of each life that ended
     _arms: Arms | None = None
+    _lives: threading.RLock = field(default_factory=threading.RLock, repr=False)  # one owner per life
 
     @property
     def name(self) -> str:
@@ -76,6 +78,10 @@ class Service:
     def start(self, extra_env: dict[str, str] | None = None) -> "Service":
         """Start the process; `extra_env` applies to this life only. Every life gets the crash
         site, armed live (a restart is never needed to arm it)."""
+        with self._lives:
+            return self._start(extra_env)
+
+    def _start(self, extra_env: dict[str, str] | None) -> "Service":
         self.extra_env = dict(extra_env or {})
         self.supervised = True
         self._harvest()
@@ -171,9 +177,19 @@ class Service:
             self.died_on_its_own = True
 
     def restart(self, extra_env: dict[str, str] | None = None) -> "Service":
-        self.kill()
-        self.restarts += 1
-        return self.start(extra_env)
+        with self._lives:
+            self.kill()
+            self.restarts += 1
+            return self.start(extra_env)
+
+    def start_again_after(self, ended: ServerProcess | None) -> bool:
+        """Start the next life if `ended` is still the current one (a supervisor's restart): a
+        fault that already started one (it killed and restarted the service meanwhile) owns it."""
+        with self._lives:
+            if self.proc is not ended:
+                return False
+            self.start()
+            return True
 
     def log_tail(self, lines: int = 30) -> str:
         return tail(self.log, lines)  # from the end: a flooded log is never read whole

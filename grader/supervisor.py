@@ -36,7 +36,7 @@ class Supervisor:
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
             for name, service in self.run.services.items():
-                code = service.exit_code()
+                ended, code = service.proc, service.exit_code()
                 if not service.supervised or service.proc is None or code is None or code == SIGKILLED:
                     continue
                 service.supervised = False  # handled: one observation and one restart per exit
@@ -47,7 +47,7 @@ class Supervisor:
                     self.run.note(f"{name} exited by itself (code {code}) {n} times; leaving it down")
                     continue
                 self.run.note(f"{name} exited by itself (code {code}); the supervisor starts it again")
-                try:
-                    service.start()  # unarmed: a planned crash belongs to its fault
+                try:  # unless a fault restarted it meanwhile: one owner per life
+                    service.start_again_after(ended)
                 except Exception as e:  # a service that cannot even start is reported, not fatal here
                     self.run.note(f"{name} could not be started again: {e}")
