@@ -805,6 +805,39 @@ def test_a_boundary_sweep_kills_after_every_position_and_holds_before_every_effe
     assert seen and seen[0].data["positions"] == d["positions"]
 
 
+FORWARD_AND_ACK = """
+    import sys, pika
+    url, queue = sys.argv[1:]
+    channel = pika.BlockingConnection(pika.URLParameters(url)).channel()
+    channel.confirm_delivery()
+
+    def on_message(ch, method, props, body):
+        ch.basic_publish("", queue + ".out", body)  # confirmed
+        ch.basic_ack(method.delivery_tag)
+
+    channel.basic_consume(queue, on_message)
+    channel.start_consuming()
+"""
+
+
+def test_the_crash_site_records_an_amqp_unit_of_work(run, native_stack):
+    url = native_stack.url("rabbitmq")
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    channel = conn.channel()
+    channel.queue_declare(queue)
+    channel.queue_declare(queue + ".out")
+    for i in range(5):
+        channel.basic_publish("", queue, f"m{i}".encode())
+    conn.close()
+    worker = run.add("worker", FORWARD_AND_ACK, url, queue)
+    worker.start()
+    expected = "amqp-delivery -> amqp-publish#1 -> amqp-ack#1"
+    wait_until(lambda: (s := read_state(worker.crash_state)) and s["sequences"].get(expected, 0) >= 2, 30,
+               "two units recorded")
+    assert positions_of(worker.crash_lives())[0] == ["amqp-publish#1", "amqp-ack#1"]
+
+
 def test_pause_stops_the_whole_process_group_then_resumes_it(run):
     sleeper = run.add("sleeper", SLEEPER, "with-child")
     sleeper.start()
