@@ -44,10 +44,13 @@ class Service:
     died_on_its_own: bool = False  # exited without us stopping or killing it (a crash of the learner's code)
     sandbox: "Sandbox | None" = None  # isolate this untrusted service (None: run it as we run)
     supervised: bool = False  # restarted by the run's supervisor if it exits on its own (set by start, cleared by stop)
+    lives: int = 0  # lives started so far: the log names each one, and no number is started twice
+    # One owner per life: the supervisor and a fault's restart may both want the next life; whoever
+    # takes this first starts it, the other sees the process it meant to replace is gone already.
+    lifecycle: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     crash_dir: Path | None = None  # the crash site's control and state files (None: no crash site)
     past_lives: list[dict] = field(default_factory=list)  # the crash site's state of each life that ended
     _arms: Arms | None = None
-    _lives: threading.RLock = field(default_factory=threading.RLock, repr=False)  # one owner per life
 
     @property
     def name(self) -> str:
@@ -76,10 +79,22 @@ class Service:
         return self.crash_dir / f"{self.name}.state.json" if self.crash_dir else None
 
     def start(self, extra_env: dict[str, str] | None = None) -> "Service":
-        """Start the process; `extra_env` applies to this life only. Every life gets the crash
-        site, armed live (a restart is never needed to arm it)."""
-        with self._lives:
+        """Start the process; `extra_env` applies to this life only. Every life gets the crash site,
+        armed live (a restart is never needed to arm it). A life still running is SIGKILLed first: a
+        service never has two untracked copies."""
+        with self.lifecycle:
+            if self.alive():
+                self.kill()
             return self._start(extra_env)
+
+    def start_after(self, seen: "ServerProcess | None") -> bool:
+        """Start the next life if `seen` (the process the caller saw exit) is still the current one;
+        False if another owner (a fault's restart) already started it."""
+        with self.lifecycle:
+            if self.proc is not seen:
+                return False
+            self._start(None)
+            return True
 
     def _start(self, extra_env: dict[str, str] | None) -> "Service":
         self.extra_env = dict(extra_env or {})
@@ -106,8 +121,9 @@ class Service:
             env[self.spec.http.port_env] = str(self.port)
             allowed.append(self.spec.http.port_env)
         argv = [sys.executable if a in ("python", "python3") else a for a in self.spec.command]
+        self.lives += 1
         with open(self.log, "a") as f:
-            f.write(f"--- labkit: starting {' '.join(self.spec.command)} (life {self.restarts + 1}) ---\n")
+            f.write(f"--- labkit: starting {' '.join(self.spec.command)} (life {self.lives}) ---\n")
         try:
             if self.sandbox:
                 self.proc = self.sandbox.spawn(argv, self.log, env, allowed=allowed)
@@ -177,19 +193,10 @@ class Service:
             self.died_on_its_own = True
 
     def restart(self, extra_env: dict[str, str] | None = None) -> "Service":
-        with self._lives:
+        with self.lifecycle:  # the kill and the next life are one step: nobody starts a life in between
             self.kill()
             self.restarts += 1
-            return self.start(extra_env)
-
-    def start_again_after(self, ended: ServerProcess | None) -> bool:
-        """Start the next life if `ended` is still the current one (a supervisor's restart): a
-        fault that already started one (it killed and restarted the service meanwhile) owns it."""
-        with self._lives:
-            if self.proc is not ended:
-                return False
-            self.start()
-            return True
+            return self._start(extra_env)
 
     def log_tail(self, lines: int = 30) -> str:
         return tail(self.log, lines)  # from the end: a flooded log is never read whole

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from .lab import Lab
 from .launch import ServiceFailed
+from .report.safe_text import markup_safe, printable
 from .runner import LIVE_SPAN_DELAY_MS, Run, new_seed, prepare
 
 
@@ -34,11 +35,11 @@ def view(run: Run, shown: dict[str, str], started: float) -> Group:
                      expand=True)
     for name, service in run.services.items():
         state = "[green]running[/]" if service.alive() else f"[red]exited ({service.exit_code()})[/]"
-        last = (service.log_tail(1) or "").strip()[-100:]
+        last = printable((service.log_tail(1) or "").strip()[-100:])  # the submission's own text
         services.add_row(name, state, str(service.restarts), Text(last, style="dim"))
     numbers = Table("metric", "value", expand=True)
     for key, value in shown.items():
-        numbers.add_row(key, value)
+        numbers.add_row(Text(printable(key)), Text(printable(value)))
     footer = Text(f"up {time.monotonic() - started:.0f}s  ·  namespace {run.ns.name}  ·  logs in "
                   f"{run.out_dir / 'logs'}  ·  Ctrl-C stops everything", style="dim")
     return Group(services, numbers, Text("latest trace", style="bold"), latest_trace(run), footer)
@@ -53,9 +54,10 @@ def run_live(lab: Lab, submission: Path, runtime: str, console: Console, rate: f
     with ExitStack() as resources:
         run = prepare(lab, submission, runtime, new_seed(),
                       out_dir or Path("results") / lab.id / "live", resources,
-                      say=lambda m: console.print(f"[dim]· {m}[/]"), learner=True,
+                      say=lambda m: console.print(f"[dim]· {markup_safe(m, multiline=True)}[/]"), learner=True,
                       span_delay_ms=LIVE_SPAN_DELAY_MS)
-        console.print(f"stack ready ({run.stack.runtime}); starting {', '.join(run.services)} from {submission}")
+        console.print(f"stack ready ({run.stack.runtime}); starting {', '.join(run.services)} from "
+                      f"{markup_safe(submission)}")
         if hasattr(scenario, "before_start"):  # what the services need from the grader (e.g. lab 4's gateway)
             scenario.before_start(run)
         for service in run.services.values():
@@ -64,7 +66,7 @@ def run_live(lab: Lab, submission: Path, runtime: str, console: Console, rate: f
             for service in run.services.values():
                 service.wait_healthy()
         except ServiceFailed as e:
-            console.print(f"[bold red]a service failed to start:[/] {e}")
+            console.print(f"[bold red]a service failed to start:[/] {markup_safe(e, multiline=True)}")
             return
         sender = threading.Thread(target=scenario.traffic, args=(run, stop, rate), daemon=True)
         sender.start()

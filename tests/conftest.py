@@ -1,4 +1,10 @@
-"""Shared fixtures: one native stack per test session (starting RabbitMQ costs ~6 s)."""
+"""Shared fixtures: one native stack per test session (starting RabbitMQ costs ~6 s), the suite's
+markers, and the order tests run in.
+
+What a run proves is split from how often it is proven: `make test` (`-m "not class_scale"`) runs the
+unit tests, the Docker tier, each lab's reference graded once and each mutant graded once; `make
+test-grader` (`-m class_scale`, then tests/bench/consecutive.py on a sample) grades at class scale:
+the synthetic class, repeated runs, catch rates under load."""
 from __future__ import annotations
 
 import pytest
@@ -11,6 +17,11 @@ def native_stack():
     stack = make_stack(["kafka", "postgres", "redis", "rabbitmq"], "native")
     with stack:
         yield stack
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "class_scale: grading at class scale (a whole class, repeated runs): "
+                                       "`make test-grader`, not `make test`")
 
 
 def _expected_length(item) -> int:

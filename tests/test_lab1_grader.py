@@ -1,8 +1,9 @@
 """Grader selftest for lab 1: the reference passes every check (and a saved run is re-judged the
 same without servers), and on a runtime without fault proxies the checks that need them are SKIP
-with the reason. Every mutant and the starter are graded in tests/test_synthetic_class.py, as a
-class of learners' submissions through `labkit grade`, isolated. Each graded run has its own stack (its faults
-restart PostgreSQL), so the runs are spread over pytest-xdist workers."""
+with the reason; every mutant fails the checks its mutant.toml names, with evidence (graded once here;
+tests/test_synthetic_class.py grades them again as a class through `labkit grade`, isolated, in `make
+test-grader`). Each graded run has its own stack (its faults restart PostgreSQL), so the runs are spread
+over pytest-xdist workers."""
 from __future__ import annotations
 
 
@@ -12,7 +13,8 @@ from grader.lab import find_lab
 from grader.runner import grade
 from grader.stack import make_stack
 
-from tests.grading import assert_reference_passes_and_recheck_agrees, summary
+from tests.grading import (MUTANTS_ROOT, assert_mutant_fails_its_checks, assert_reference_passes_and_recheck_agrees,
+                           mutant_params, summary)
 
 RUNTIME = "native"
 pytestmark = pytest.mark.slow
@@ -25,6 +27,11 @@ def lab():
 
 def test_reference_passes_every_check_and_a_recheck_agrees(lab, tmp_path):
     assert_reference_passes_and_recheck_agrees(lab, tmp_path, RUNTIME)
+
+
+@pytest.mark.parametrize("mutant", mutant_params(MUTANTS_ROOT / "lab1"))
+def test_mutant_fails_the_checks_named_after_its_bug(lab, tmp_path, mutant):
+    assert_mutant_fails_its_checks(lab, mutant, tmp_path, RUNTIME)
 
 
 def test_external_runtime_skips_what_needs_a_fault_proxy(lab, tmp_path, monkeypatch):

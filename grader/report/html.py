@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from . import RunReport, plain
 from .gradescope import summary_line
 from .json import to_dict
-from .timeline import COMPLETIONS, Timeline, build, cited, throughput
+from .timeline import COMPLETIONS, Timeline, build, cited, label_lanes, throughput
 
 _TRACE_ID = re.compile(r"\b[0-9a-f]{32}\b")
 
@@ -60,14 +60,18 @@ def timeline_svg(tl: Timeline, violations: list | None = None) -> str:
         for t, _ in tl.marks:
             for ax in (rate_ax, lat_ax):
                 ax.axvline(t, color=COLOURS["violation"], lw=1.2, ls=":")
-        for window in tl.faults:
+        # Faults are numbered above the plot (the table under it names them): labels of faults close in
+        # time go to lanes of their own instead of printing over each other.
+        lanes = label_lanes([w.start for w in tl.faults], min_gap=max(tl.duration, 1.0) * 0.025)
+        for number, (window, lane) in enumerate(zip(tl.faults, lanes), 1):
             for ax in (rate_ax, lat_ax):
                 if window.end is not None and window.end > window.start:
                     ax.axvspan(window.start, window.end, color=COLOURS["fault"], alpha=0.13, lw=0)
                 else:
                     ax.axvline(window.start, color=COLOURS["fault"], lw=1, ls="--", alpha=0.7)
-            rate_ax.annotate(window.label, (window.start, 1), xycoords=("data", "axes fraction"), rotation=90,
-                             va="top", ha="right", fontsize=7, color=COLOURS["fault"])
+            rate_ax.annotate(str(number), (window.start, 1), xycoords=("data", "axes fraction"),
+                             xytext=(0, 3 + 10 * lane), textcoords="offset points", ha="center", va="bottom",
+                             fontsize=7, color=COLOURS["fault"], annotation_clip=False)
         for ax in (rate_ax, lat_ax):
             ax.grid(alpha=0.25)  # the page carries the legend, with counts
         buf = io.StringIO()

@@ -1,14 +1,14 @@
-"""Lab-1 benchmark (not a test): the reference services against raw confluent-kafka, same run.
+"""Lab-1 benchmark (not a test): the reference services against raw confluent-kafka, same round.
 
-    python -m tests.bench.lab1 [--orders 1000] [--concurrency 8] [--check]
+    python -m tests.bench.lab1 [--orders 1000] [--concurrency 8] [--rounds 3] [--smoke]
 
-Prints throughput of the order API vs raw produce-and-await-ack at the same concurrency, of the
-read model vs a raw consume-and-commit loop, and (with --check) the wall time of a graded run.
+Throughput of the order API vs raw produce-and-await-ack at the same concurrency (target >= 0.5),
+and of the read model vs a raw consume-and-commit loop.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import tempfile
 import time
 import uuid
@@ -21,11 +21,14 @@ from confluent_kafka import Consumer, Producer
 from grader.kafka import CLIENT_DEFAULTS, ensure_topics
 from grader.lab import find_lab
 from grader.launch import launch_services
-from grader.runner import grade
+from grader.history import History
 from grader.stack import make_stack
 from grader.wait import wait_until
-from grader.workload import HttpWorkload
-from grader.history import History
+from grader.workloads.http import HttpWorkload
+from tests.bench.figures import Figure, main_for
+
+SIZES = {"orders": 1000, "concurrency": 8}
+SMOKE = {"orders": 20, "concurrency": 2}
 
 
 def timed(fn) -> float:
@@ -72,55 +75,44 @@ def raw_consume(bootstrap: str, topic: str, n: int) -> float:
     return rate
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--orders", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--check", action="store_true", help="also time a full graded run of the reference")
-    args = parser.parse_args()
+def one_round(orders: int, concurrency: int) -> list[Figure]:
     lab = find_lab("lab-1")
-    rows = []
     with make_stack(lab.infra, "native") as stack, tempfile.TemporaryDirectory() as tmp:
         ns = stack.namespace(prefix="bench")
         env = ns.env()
         bootstrap = stack.url("kafka")
         raw_topic, topic = ns.topic("raw"), ns.topic("orders")
         ensure_topics(bootstrap, {raw_topic: 3, topic: 3, ns.topic("orders.dlq"): 1})
-        raw_p = raw_produce(bootstrap, raw_topic, args.orders, args.concurrency)
-        raw_c = raw_consume(bootstrap, raw_topic, args.orders)
+        raw_p = raw_produce(bootstrap, raw_topic, orders, concurrency)
+        raw_c = raw_consume(bootstrap, raw_topic, orders)
 
         services = launch_services(lab.services, lab.reference, env, Path(tmp) / "logs")
         api, read_model = services["order_api"].start(), services["read_model"]
         try:
             api.wait_healthy()
             client = HttpWorkload(api.base_url, History())
-            bodies = [{"customer_id": f"c-{i % 8}", "amount_cents": 100 + i} for i in range(args.orders)]
-            with ThreadPoolExecutor(args.concurrency) as pool:
+            bodies = [{"customer_id": f"c-{i % 8}", "amount_cents": 100 + i} for i in range(orders)]
+            with ThreadPoolExecutor(concurrency) as pool:
                 api_t = timed(lambda: list(pool.map(
                     lambda b: client.send("place", "POST", "/orders", key=str(uuid.uuid4()), body=b), bodies)))
-            api_rate = args.orders / api_t
+            api_rate = orders / api_t
             read_model.start()
             with psycopg.connect(ns.database_url, autocommit=True) as conn:
                 def count() -> int:
                     return conn.execute("SELECT count(*) FROM orders").fetchone()[0]
                 first = wait_until(lambda: count() > 0 and time.perf_counter(), 120, "first order applied",
                                    ignore=(psycopg.Error,))
-                wait_until(lambda: count() >= args.orders, 300, "all orders applied", interval=0.05)
-                rm_rate = args.orders / (time.perf_counter() - first)
+                wait_until(lambda: count() >= orders, 300, "all orders applied", interval=0.05)
+                rm_rate = orders / (time.perf_counter() - first)
         finally:
             for s in services.values():
                 s.stop()
-    rows += [("order API (POST /orders, 201 after ack)", api_rate, raw_p, "raw produce + await ack"),
-             ("read model (inbox + apply + commit)", rm_rate, raw_c, "raw consume + sync commit")]
-    print(f"\nlab-1 benchmark: {args.orders} orders, concurrency {args.concurrency}, native runtime")
-    print(f"{'what':45} {'per s':>9} {'raw per s':>10} {'ratio':>7}  baseline")
-    for what, rate, raw, baseline in rows:
-        print(f"{what:45} {rate:9.0f} {raw:10.0f} {rate / raw:7.2f}  {baseline}")
-    if args.check:
-        with tempfile.TemporaryDirectory() as tmp:
-            t = timed(lambda: grade(lab, lab.reference, "native", seed=1, out_dir=Path(tmp)))
-        print(f"labkit check lab-1 (reference, native): {t:.1f}s wall time")
+    print(f"  order API {api_rate:.0f}/s vs raw produce+ack {raw_p:.0f}/s; read model {rm_rate:.0f}/s vs raw "
+          f"consume+commit {raw_c:.0f}/s ({orders} orders, concurrency {concurrency})", flush=True)
+    return [Figure("order API: POST /orders, 201 after the ack", api_rate, "orders/s", "raw produce + await ack", raw_p,
+                   target=">= 0.5"),
+            Figure("read model: inbox + apply + commit", rm_rate, "records/s", "raw consume + sync commit", raw_c)]
 
 
 if __name__ == "__main__":
-    main()
+    main_for("lab1", sys.modules[__name__])

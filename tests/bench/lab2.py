@@ -1,6 +1,6 @@
 """Lab-2 benchmark (not a test): the reference relay and projector on the native runtime.
 
-    python -m tests.bench.lab2 [--rate 500] [--seconds 20] [--backlog 20000]
+    python -m tests.bench.lab2 [--rate 500] [--seconds 20] [--backlog 20000] [--rounds 3] [--smoke]
 
 1. End-to-end lag at a fixed rate of committed orders: writer threads commit orders + outbox rows
    straight into PostgreSQL (one transaction each, the order service's SQL, paced to --rate), the
@@ -15,10 +15,10 @@ place (services/cdc_relay_debezium), in the same run, with their ratio.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -33,8 +33,11 @@ from grader.lab import ServiceSpec, find_lab
 from grader.launch import Service, launch_services
 from grader.stack import make_stack
 from grader.wait import wait_until
+from tests.bench.figures import Figure, main_for
 
 WRITERS = 4
+SIZES = {"rate": 500.0, "seconds": 20.0, "backlog": 20000}
+SMOKE = {"rate": 50.0, "seconds": 1.0, "backlog": 200}
 
 
 def write_orders(url: str, rate: float, seconds: float, tag: str) -> int:
@@ -121,8 +124,9 @@ def raw_produce(bootstrap: str, topic: str, n: int) -> float:
 
 
 def bench_relay(name: str, relay: Service, services: dict[str, Service], url: str, bootstrap: str,
-                topic: str, args) -> tuple[float, float, float]:
-    """(lag p50 ms, lag p99 ms, relay records/s) with `relay` in the relay's place."""
+                topic: str, args) -> tuple[float, float, float, float, float]:
+    """(lag p50 ms, lag p99 ms, relay records/s, relay p99 ms, projector p99 ms) with `relay` in the
+    relay's place."""
     relay.start()
     # warm-up: connections, the JVM, and the projector done with any earlier backlog
     lag(url, f"warm-{name}", write_orders(url, min(args.rate, 50), 2, f"warm-{name}"))
@@ -148,15 +152,13 @@ def bench_relay(name: str, relay: Service, services: dict[str, Service], url: st
     print(f"  {name}: {rate:.0f} records/s relaying a backlog of {args.backlog} outbox rows (from streaming to confirmed)")
     relay.stop()
     services["projector"].start()
-    return p50, p99, rate
+    return p50, p99, rate, percentile(relay_ms, 99), percentile(projector_ms, 99)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=500)
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--backlog", type=int, default=20000)
-    args = parser.parse_args()
+def one_round(rate: float, seconds: float, backlog: int) -> list[Figure]:
+    import types
+
+    args = types.SimpleNamespace(rate=rate, seconds=seconds, backlog=backlog)
     lab = find_lab("lab-2")
     relays = {"reference relay": "cdc_relay"}
     if importlib.util.find_spec("pydbzengine") and shutil.which("java"):
@@ -176,21 +178,28 @@ def main() -> None:
             services["order_service"].start().wait_healthy()  # creates the tables and the slot
             services["projector"].start()
             wait_until(lambda: "assigned" in services["projector"].log.read_text(), 30, "the projector's group join")
-            print(f"\nlab-2 benchmark, native runtime ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
+            print(f"lab-2 benchmark, native runtime ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
             for name in relays:
                 results[name] = bench_relay(name, services[name], services, url, bootstrap, topic, args)
-            raw = raw_produce(bootstrap, ns.topic("raw"), args.backlog)
-            print(f"  raw confluent-kafka produce + flush of {args.backlog} records: {raw:.0f} records/s")
+            raw = raw_produce(bootstrap, ns.topic("raw"), backlog)
+            print(f"  raw confluent-kafka produce + flush of {backlog} records: {raw:.0f} records/s")
         finally:
             for service in services.values():
                 service.stop()
-    print(f"\n{'relay':18} {'lag p50 ms':>10} {'lag p99 ms':>10} {'records/s':>10} {'vs raw':>7}")
-    for name, (p50, p99, rate) in results.items():
-        print(f"{name:18} {p50:10.0f} {p99:10.0f} {rate:10.0f} {rate / raw:7.2f}")
+    figures = []
+    for name, (p50, p99, relayed, relay_p99, projector_p99) in results.items():
+        at = f"at {rate:g} orders/s"
+        figures += [Figure(f"{name}: lag commit -> applied p50", p50, "ms", higher_is_better=False, target=at),
+                    Figure(f"{name}: lag commit -> applied p99", p99, "ms", higher_is_better=False,
+                           target=f"< 250 ms {at}"),
+                    Figure(f"{name}: of which commit -> in Kafka p99", relay_p99, "ms", higher_is_better=False),
+                    Figure(f"{name}: of which in Kafka -> applied p99", projector_p99, "ms", higher_is_better=False),
+                    Figure(f"{name}: relaying a backlog", relayed, "records/s", "raw produce + flush", raw)]
     if len(results) == 2:
-        ref, dbz = results["reference relay"][2], results["Debezium"][2]
-        print(f"reference relay / Debezium throughput: {ref / dbz:.2f} (target >= 1)")
+        figures.append(Figure("reference relay: relaying a backlog", results["reference relay"][2], "records/s",
+                              "Debezium", results["Debezium"][2], target=">= 1"))
+    return figures
 
 
 if __name__ == "__main__":
-    main()
+    main_for("lab2", sys.modules[__name__])

@@ -1,6 +1,6 @@
 """OTLP receiver benchmark (not a test): spans per second, same run, same batches.
 
-    python -m tests.bench.otlp [--spans 20000] [--batch 512] [--rounds 3]
+    python -m tests.bench.otlp [--spans 20000] [--batch 512] [--rounds 3] [--smoke]
 
 Prints, for the OTLP/HTTP exporter (opentelemetry-exporter-otlp, protobuf):
   - a raw exporter loop to a null sink (an HTTP server that reads the body and answers 200): the
@@ -9,11 +9,11 @@ Prints, for the OTLP/HTTP exporter (opentelemetry-exporter-otlp, protobuf):
     event per span); and the receiver's ratio to the null sink;
   - the same over OTLP/gRPC to the receiver;
   - decoding alone (parse_body + decode_request on the same bytes, no HTTP).
-Best of --rounds for each; exporters send one batch at a time, as a BatchSpanProcessor does.
+Exporters send one batch at a time, as a BatchSpanProcessor does.
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +29,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from grader.history import History
 from grader.otlp import OtlpReceiver, decode_request, parse_body
+from tests.bench.figures import Figure, main_for
+
+SIZES = {"spans": 20000, "batch": 512}  # 512: the BatchSpanProcessor's default export size
+SMOKE = {"spans": 200, "batch": 50}
 
 
 def make_spans(n: int):
@@ -82,48 +86,34 @@ def export_rate(exporter, batches) -> float:
     return sum(map(len, batches)) / (time.perf_counter() - t0)
 
 
-def best(rounds: int, fn) -> float:
-    return max(fn() for _ in range(rounds))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--spans", type=int, default=20000)
-    parser.add_argument("--batch", type=int, default=512)  # the BatchSpanProcessor's default export size
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    spans = make_spans(args.spans)
-    batches = [spans[i:i + args.batch] for i in range(0, len(spans), args.batch)]
-    print(f"{len(spans)} spans in batches of {args.batch}, best of {args.rounds} rounds")
-
+def one_round(spans: int, batch: int) -> list[Figure]:
+    made = make_spans(spans)
+    batches = [made[i:i + batch] for i in range(0, len(made), batch)]
     sink = NullSink()
     null = OTLPSpanExporter(endpoint=sink.endpoint + "/v1/traces", timeout=30)
-    raw = best(args.rounds, lambda: export_rate(null, batches))
+    raw = export_rate(null, batches)
     null.shutdown()
     sink.shutdown()
 
     with OtlpReceiver(History()) as receiver:
         http = OTLPSpanExporter(endpoint=receiver.endpoint + "/v1/traces", timeout=30)
-        received = best(args.rounds, lambda: export_rate(http, batches))
+        received = export_rate(http, batches)
         http.shutdown()
         grpc = GrpcExporter(endpoint=receiver.grpc_endpoint, insecure=True, timeout=30)
-        received_grpc = best(args.rounds, lambda: export_rate(grpc, batches))
+        received_grpc = export_rate(grpc, batches)
         grpc.shutdown()
-        assert len(receiver.spans()) == len(spans) * 2 * args.rounds
+        assert len(receiver.spans()) == len(made) * 2  # a benchmark that lost spans measured nothing
 
     bodies = [encode_spans(b).SerializeToString() for b in batches]
-
-    def decode_only() -> float:
-        t0 = time.perf_counter()
-        n = sum(len(decode_request(parse_body(body, "application/x-protobuf"))) for body in bodies)
-        return n / (time.perf_counter() - t0)
-
-    decoded = best(args.rounds, decode_only)
-    print(f"raw exporter loop -> null sink (HTTP)   {raw:>10,.0f} spans/s")
-    print(f"exporter -> grader receiver (HTTP)     {received:>10,.0f} spans/s   {received / raw:.2f}x the null sink")
-    print(f"exporter -> grader receiver (gRPC)     {received_grpc:>10,.0f} spans/s")
-    print(f"decode + Span objects only             {decoded:>10,.0f} spans/s")
+    t0 = time.perf_counter()
+    n = sum(len(decode_request(parse_body(body, "application/x-protobuf"))) for body in bodies)
+    decoded = n / (time.perf_counter() - t0)
+    print(f"  otlp: null sink {raw:,.0f}, receiver HTTP {received:,.0f}, gRPC {received_grpc:,.0f}, decode only "
+          f"{decoded:,.0f} spans/s ({len(made)} spans in batches of {batch})", flush=True)
+    return [Figure("exporter -> grader receiver (HTTP)", received, "spans/s", "exporter -> null sink (HTTP)", raw),
+            Figure("exporter -> grader receiver (gRPC)", received_grpc, "spans/s", "exporter -> null sink (HTTP)", raw),
+            Figure("decode + Span objects only", decoded, "spans/s")]
 
 
 if __name__ == "__main__":
-    main()
+    main_for("otlp", sys.modules[__name__])
