@@ -22,8 +22,8 @@ each product and holds or slows the database's answers to them, without the serv
                             invalidation lands; then the miss fills: the cache must not keep the old
                             version (versioned sets / leases) - and after quiescence cache == database
   update -> invalidation    the invalidator is SIGKILLed just after each boundary of its unit of work
-                            (BoundarySweep: its first Redis write of a batch, its slot advance) and
-                            just before an advance (CrashPoint): the changes are applied again (a replay) and
+                            (BoundarySweep: its first Redis write of a batch - before the advance -
+                            and its slot advance): the changes are applied again (a replay) and
                             must not put an older version back; reads 10 s after an acknowledged
                             update return it or newer (freshness; the stale-set probes' keys
                             are read again 12 s into the load)
@@ -48,7 +48,6 @@ from ..checks.cache import (cache_trace_check, check_freshness, check_lock_safet
                             check_stale_set_race, check_stampede, check_ttl_jitter)
 from ..checks.tracing import run_secret
 from ..nemesis import BoundarySweep, CrashPoint, Cut, Kill, OneWayCut, RestartServer
-from ..nemesis.boundaries import doing_work
 from ..nemesis.pgwire import HoldReads, PgTap, SlowReads
 from ..observe import observe_rows, quiesce
 from ..observe.redis import RedisObserver, observe_cache, versions_stable
@@ -156,13 +155,12 @@ def stale_set_race(run: Run, ctx: PhaseContext) -> None:
 
 
 def faults(run: Run) -> list[list[At]]:
-    rng, fb = run.rng, P.fallback_after
-    # the invalidator swept (a SIGKILL just after its first Redis write of a batch and after its slot
-    # advance, each on fresh work), then killed just before an advance: the changes come again
+    fb = P.fallback_after
+    # the invalidator swept: a SIGKILL just after its first Redis write of a batch (markers written,
+    # the slot not advanced: the changes come again) and just after its slot advance, each on fresh
+    # work; over well before the load ends, so the last restart has caught up before quiescence
     invalidator = [At(BoundarySweep("invalidator", fallback_after=fb, max_seconds=P.sweep_seconds, max_ordinal=1,
-                                    hold_before=(), ready_within=10), after_s=1.5),
-                   At(CrashPoint("invalidator", "slot-advance", "before", rng.randrange(2, 6), fallback_after=fb),
-                      ready=doing_work("invalidator"), ready_within=10)]
+                                    hold_before=(), ready_within=10), after_s=1.5)]
     # apart from the invalidator's crashes (a stale read must be the cache's doing, not a restart's),
     # and from each other (each outage's recovery window stays clear of the next one)
     redis = [At(Cut("redis", seconds=P.redis_cut), after_s=8),
