@@ -801,8 +801,9 @@ def test_a_boundary_sweep_kills_after_every_position_and_holds_before_every_effe
     assert lost() >= 1  # the kill between the two transactions
     assert coverage(run.history) == {"consumer": "3 of 3 boundaries killed after, 2 held before"}
     assert coverage_gaps(run.history, "consumer") is None
-    seen = [e for e in run.history.events("observe") if e.data.get("what") == "boundaries"]
+    seen = [e for e in run.history.events("note") if e.data.get("boundaries") == "consumer"]
     assert seen and seen[0].data["positions"] == d["positions"]
+    assert "poll -> db-commit#1 -> db-commit#2 -> consumer-ack#1" in seen[0].data["message"]
 
 
 FORWARD_AND_ACK = """

@@ -97,8 +97,10 @@ class BoundarySweep(Fault):
             time.sleep(0.2)
         self.fresh = any(_units(life, True) for life in lives)  # its units change rows: sweep on fresh work
         self.detail.update(positions=self._swept(positions), seen=positions, sequences=sequences, fresh=self.fresh)
-        run.history.observe("boundaries", service=self.target, positions=positions, sequences=sequences,
-                            fresh=self.fresh)
+        common = sorted(sequences.items(), key=lambda kv: -kv[1])[:3]
+        shown = "; ".join(f"{text} ({count}x)" for text, count in common) or "none"
+        run.history.record("note", "grader", message=f"{self.target}'s units of work as seen: {shown}",
+                           boundaries=self.target, positions=positions, sequences=sequences, fresh=self.fresh)
         return positions
 
     def _swept(self, positions: list[str]) -> list[str]:
