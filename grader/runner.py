@@ -28,6 +28,7 @@ from .history import History
 from .kafka import ensure_topics
 from .lab import Lab
 from .launch import Service, ServiceFailed, launch_services
+from .nemesis.boundaries import coverage
 from .nemesis.proxy import TcpProxy
 from .otlp import OtlpReceiver
 from .report import RunReport
@@ -264,4 +265,4 @@ def report_from_history(lab: Lab, history: History, submission: Path | str, seed
              and not str(e.data["message"]).startswith("seed ")]
     return RunReport(lab=lab.id, title=lab.title, submission=str(submission), seed=seed, runtime=runtime,
                      started_at=started, duration=duration, results=results, notes=notes,
-                     faults=fault_summary(history), only=only_of(history))
+                     faults=fault_summary(history), only=only_of(history), coverage=coverage(history))

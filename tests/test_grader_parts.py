@@ -96,6 +96,55 @@ def test_supervisor_restarts_a_service_that_exits_and_records_the_exit(tmp_path)
     assert service.died_on_its_own and service.restarts == 0  # started again, not "restarted" by a fault
 
 
+EXITS_ONCE = """
+import os, sys, time
+with open("lives", "a") as f:
+    f.write(f"{os.getpid()}\\n")
+if not os.path.exists("exited"):  # the first life exits by itself once told, the next ones run on
+    open("exited", "w").close()
+    while not os.path.exists("go"):
+        time.sleep(0.05)
+    sys.exit(1)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def test_a_service_that_exits_while_armed_has_one_life_at_a_time(tmp_path):
+    """The life exits by itself during a crash point's window: the supervisor starts the next one
+    (armed the same: arming is live), the fault kills that one at its bound and starts another -
+    never two at once (the orphan of a supervisor restart racing a fault's restart)."""
+    import psutil
+
+    from grader.nemesis import CrashPoint
+
+    (tmp_path / "svc.py").write_text(EXITS_ONCE)
+    service = Service(ServiceSpec("svc", [sys.executable, "svc.py"]), tmp_path, {}, tmp_path,
+                      crash_dir=tmp_path / "crash")
+    run = FakeRun(services={"svc": service}, out_dir=tmp_path)
+
+    def lives(n: int) -> list[int]:
+        return wait_until(lambda: len(found := (tmp_path / "lives").read_text().split()) >= n and found, 30,
+                          f"{n} lives", ignore=(OSError,))
+
+    service.start()
+    lives(1)
+    supervisor = Supervisor(run, interval=0.1).start()
+    try:
+        fault = CrashPoint("svc", "consumer-ack", "before", fallback_after=20)  # never reached
+        with fault.active(run):
+            (tmp_path / "go").touch()  # the first life exits by itself, armed
+            lives(2)  # the supervisor's life
+        assert fault.detail["how"] == "fallback-kill"
+        pids = [int(p) for p in lives(3)]  # ... killed at the bound, and the fault's
+        assert len(pids) == 3
+        running = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+        assert running == [service.proc.pid]
+    finally:
+        supervisor.stop()
+        service.stop()
+
+
 def test_one_owner_per_life_when_the_supervisor_and_a_fault_restart_race(tmp_path):
     """A service that exits by itself while a fault restarts it: the supervisor and the fault both
     want the next life; exactly one copy runs afterwards, and no life number is started twice."""
@@ -124,6 +173,8 @@ def test_one_owner_per_life_when_the_supervisor_and_a_fault_restart_race(tmp_pat
         service.stop()
     lives = re.findall(r"\(life (\d+)\)", (tmp_path / "svc.log").read_text())
     assert len(lives) == len(set(lives)), lives
+
+
 
 
 class _Drip(http.server.BaseHTTPRequestHandler):

@@ -801,8 +801,42 @@ def test_a_boundary_sweep_kills_after_every_position_and_holds_before_every_effe
     assert lost() >= 1  # the kill between the two transactions
     assert coverage(run.history) == {"consumer": "3 of 3 boundaries killed after, 2 held before"}
     assert coverage_gaps(run.history, "consumer") is None
-    seen = [e for e in run.history.events("observe") if e.data.get("what") == "boundaries"]
+    seen = [e for e in run.history.events("note") if e.data.get("boundaries") == "consumer"]
     assert seen and seen[0].data["positions"] == d["positions"]
+    assert "poll -> db-commit#1 -> db-commit#2 -> consumer-ack#1" in seen[0].data["message"]
+
+
+FORWARD_AND_ACK = """
+    import sys, pika
+    url, queue = sys.argv[1:]
+    channel = pika.BlockingConnection(pika.URLParameters(url)).channel()
+    channel.confirm_delivery()
+
+    def on_message(ch, method, props, body):
+        ch.basic_publish("", queue + ".out", body)  # confirmed
+        ch.basic_ack(method.delivery_tag)
+
+    channel.basic_consume(queue, on_message)
+    channel.start_consuming()
+"""
+
+
+def test_the_crash_site_records_an_amqp_unit_of_work(run, native_stack):
+    url = native_stack.url("rabbitmq")
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    channel = conn.channel()
+    channel.queue_declare(queue)
+    channel.queue_declare(queue + ".out")
+    for i in range(5):
+        channel.basic_publish("", queue, f"m{i}".encode())
+    conn.close()
+    worker = run.add("worker", FORWARD_AND_ACK, url, queue)
+    worker.start()
+    expected = "amqp-delivery -> amqp-publish#1 -> amqp-ack#1"
+    wait_until(lambda: (s := read_state(worker.crash_state)) and s["sequences"].get(expected, 0) >= 2, 30,
+               "two units recorded")
+    assert positions_of(worker.crash_lives())[0] == ["amqp-publish#1", "amqp-ack#1"]
 
 
 def test_pause_stops_the_whole_process_group_then_resumes_it(run):

@@ -28,7 +28,7 @@ def sample_report() -> RunReport:
                      notes=["cut the broker for 3 s"],
                      logs={"read-model": "boot\nTraceback (most recent call last):\n  KeyError: 'amount'\x1b[0m\x00",
                            "order-api": "INFO all fine", "worker": "starting\n"},
-                     crashed=["worker"])
+                     crashed=["worker"], coverage={"read-model": "3 of 3 boundaries killed after, 2 held before"})
 
 
 def render(report: RunReport) -> str:
@@ -52,7 +52,8 @@ def test_console_shows_table_failures_evidence_hint_logs_and_replay():
                  "14 of 14 keys with the wrong total", "customer c-0: 200 cents (expected 100 cents, 2.0x)",
                  "... and 4 more", "Deduplicate by [order id] in the same transaction",  # markup-like text survives
                  "read-model exited with code 1", "KeyError: 'amount'", "worker: last log lines",
-                 "cut the broker for 3 s", "score 4/12", "seed 4242", "labkit check lab-1 --seed 4242"):
+                 "cut the broker for 3 s", "score 4/12",
+                 "crash coverage: read-model: 3 of 3 boundaries killed after, 2 held before", "seed 4242", "labkit check lab-1 --seed 4242"):
         assert text in out, text
     assert "customer c-13" not in out and "order-api" not in out
     assert "\x00" not in out and "[0m" not in out  # the service's colour codes do not leak
@@ -71,6 +72,7 @@ def test_json_round_trips_with_a_stable_shape(tmp_path):
     assert set(checks["no-lost-orders"]) >= {"id", "title", "passed", "points", "max_points", "message", "evidence",
                                              "hint", "duration", "skipped", "errored"}
     assert data["crashed"] == ["worker"] and data["notes"] == ["cut the broker for 3 s"]
+    assert data["coverage"] == {"read-model": "3 of 3 boundaries killed after, 2 held before"}
 
 
 def test_junit_is_valid_xml_with_one_testcase_per_check(tmp_path):

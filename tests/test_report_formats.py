@@ -213,7 +213,10 @@ def test_timeline_reads_request_response_histories():
 
 def test_html_report_carries_checks_evidence_and_timeline(tmp_path):
     history = write_history(tmp_path / "history.jsonl")
-    html = render_html(report(), history)
+    shown = report()
+    shown.coverage = {"read_model": "2 of 2 boundaries killed after, 1 held before"}
+    html = render_html(shown, history)
+    assert "crash coverage: read_model: 2 of 2 boundaries killed after, 1 held before" in html
     assert html.count("<svg") == 1 and "<script" not in html
     assert not re.search(r"(src|href)=\"https?:|@import|url\(https?:", html), "nothing may load from the network"
     for text in ("No acknowledged order is lost", "k-0000000012", "commit the offset after the transaction",

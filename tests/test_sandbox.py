@@ -306,6 +306,46 @@ def test_crash_markers_are_copied_back_but_never_a_fifo(sandbox_for, tmp_path):
     assert public.read_text() == '{"point": "consumer-ack"}'
 
 
+LIVE_WRITER = """
+import os, time, psycopg
+with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+    while True:
+        conn.execute("INSERT INTO live_armed VALUES (%s)", (os.getpid(),))
+        conn.commit()
+        time.sleep(0.05)
+"""
+
+
+def test_a_crash_point_is_armed_live_inside_the_sandbox(run_env, sandbox_for, tmp_path):
+    """The sandboxed service reads the grader's arms (a read-only bind of their folder) and its crash
+    site's state comes back out: the planned crash lands at the 3rd commit, with no restart to arm it."""
+    from grader.history import History
+    from grader.launch import launch_services
+    from grader.nemesis import CrashPoint
+
+    submission = tmp_path / "submission"
+    submission.mkdir()
+    (submission / "writer.py").write_text(LIVE_WRITER)
+    url = run_env.env()["DATABASE_URL"]  # the service's own role
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE live_armed (pid int)")
+    box = sandbox_for(submission)
+    writer = launch_services({"writer": ServiceSpec("writer", ["python", "writer.py"])}, submission, run_env.env(),
+                             tmp_path / "out" / "logs", sandbox=box)["writer"]
+    run = type("Run", (), {"services": {"writer": writer}, "history": History(), "out_dir": tmp_path / "out"})()
+    fault = CrashPoint("writer", "db-commit", "after", nth=3, fallback_after=30)
+    try:
+        with fault.active(run):
+            writer.start()
+        assert fault.effective and fault.detail["how"] == "crash-point", fault.detail
+        assert writer.restarts == 1 and writer.alive()
+        inner_pid = fault.detail["reached"]["pid"]  # the process's pid in its own namespace
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM live_armed WHERE pid = %s", (inner_pid,)).fetchone()[0] == 3
+    finally:
+        writer.stop(timeout=2)
+
+
 def test_only_the_given_ports_are_reachable(native_stack, run_env, sandbox_for, tmp_path):
     """The contract names the fault proxy; the broker behind it (here: a port not given), the machine's
     servers and every other listener of the host are out of its network namespace."""

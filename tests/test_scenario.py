@@ -168,3 +168,26 @@ def test_a_fault_in_a_phase_that_does_not_declare_it_is_found():
     assert undeclared_faults(scenario, history) == []
     history.record("fault", "nemesis", fault="cut", target="kafka", fid=2, phase="start")
     assert undeclared_faults(scenario, history) == ["cut in phase 'a'"]
+
+
+def test_a_check_needing_every_boundary_is_skip_naming_the_one_never_killed_after():
+    """A sweep that saw three positions but landed a kill after two of them: a check that needs the
+    service's boundaries is SKIP, naming the one missed; with all three it runs."""
+    from grader.nemesis import BOUNDARIES, why_not
+    from grader.nemesis.boundaries import coverage
+
+    def sweep(killed: list[str]) -> History:
+        history = History()
+        detail = {"positions": ["db-commit#1", "db-commit#2", "consumer-ack#1"], "killed_after": killed,
+                  "held_before": ["db-commit#1"]}
+        history.record("fault", "nemesis", fault="boundary-sweep", target="read_model", fid=1, phase="start")
+        history.record("fault", "nemesis", fault="boundary-sweep", target="read_model", fid=1, phase="end",
+                       effective=True, **detail)
+        return history
+
+    partial = sweep(["db-commit#1", "consumer-ack#1"])
+    assert not happened(partial, BOUNDARIES, "read_model")
+    assert "never killed just after its db-commit#2" in why_not(partial, BOUNDARIES, "read_model")
+    assert coverage(partial) == {"read_model": "2 of 3 boundaries killed after, 1 held before"}
+    assert happened(sweep(["db-commit#1", "db-commit#2", "consumer-ack#1"]), BOUNDARIES, "read_model")
+    assert "never swept" in why_not(History(), BOUNDARIES, "read_model")

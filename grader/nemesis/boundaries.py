@@ -59,31 +59,52 @@ class BoundarySweep(Fault):
     """Kill `service` just after each boundary position of its unit of work (seen in the warm-up)
     and hold it `hold` seconds just before each effect, then SIGKILL; each started again and given
     fresh work (its crash site counts new units that changed rows, or `ready(run)` holds) before
-    the next. Stops planning new faults after `max_seconds`; what it covered is in its detail."""
+    the next. Positions past the `max_ordinal`-th call of one kind in a unit (a batch's 5th store)
+    are not swept. Stops planning new faults `max_seconds` after the warm-up; what it covered is in
+    its detail."""
 
     kind = "boundary-sweep"
 
     def __init__(self, service: str, hold: float = 7.0, fallback_after: float = 20.0, max_seconds: float = 60.0,
                  ready: Callable[[Any], bool] | None = None, ready_within: float = 20.0,
-                 hold_before: tuple[str, ...] = EFFECTS, max_faults: int = 8) -> None:
+                 hold_before: tuple[str, ...] = EFFECTS, max_faults: int = 8, max_ordinal: int = 3,
+                 warmup_units: int = 5) -> None:
         super().__init__(service)
         self.hold_seconds, self.fallback_after, self.max_seconds = hold, fallback_after, max_seconds
         self.ready, self.ready_within = ready, ready_within
-        self.hold_before, self.max_faults = hold_before, max_faults
+        self.hold_before, self.max_faults, self.max_ordinal = hold_before, max_faults, max_ordinal
+        self.warmup_units = warmup_units
+        self.fresh = False
         self.detail.update(positions=[], killed_after=[], held_before=[], missed=[], planned=[])
 
     def needs(self) -> list[Need]:
         return [Need("service", self.target)]
 
     def inject(self, run: Target) -> None:
+        """Nothing yet: the warm-up (hold) shows the boundaries first."""
+
+    def _warm_up(self, run: Target) -> list[str]:
+        """Until the service has finished `warmup_units` units of work and shown a position twice
+        (bounded by `ready_within`); then what it showed goes into the history."""
         svc = run.services[self.target]
-        positions, sequences = positions_of(svc.crash_lives())
-        lives = svc.crash_lives()
+        deadline = time.monotonic() + self.ready_within
+        while True:
+            lives = svc.crash_lives()
+            positions, sequences = positions_of(lives)
+            if (positions and sum(_units(life, False) for life in lives) >= self.warmup_units) \
+                    or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
         self.fresh = any(_units(life, True) for life in lives)  # its units change rows: sweep on fresh work
-        self.detail.update(positions=positions, sequences=sequences, fresh=self.fresh)
-        run.history.observe("boundaries", service=self.target, positions=positions, sequences=sequences,
-                            fresh=self.fresh)
-        self._started = time.monotonic()
+        self.detail.update(positions=self._swept(positions), seen=positions, sequences=sequences, fresh=self.fresh)
+        common = sorted(sequences.items(), key=lambda kv: -kv[1])[:3]
+        shown = "; ".join(f"{text} ({count}x)" for text, count in common) or "none"
+        run.history.record("note", "grader", message=f"{self.target}'s units of work as seen: {shown}",
+                           boundaries=self.target, positions=positions, sequences=sequences, fresh=self.fresh)
+        return positions
+
+    def _swept(self, positions: list[str]) -> list[str]:
+        return [p for p in positions if int(p.split("#")[1]) <= self.max_ordinal]
 
     def _plan(self, positions: list[str]) -> list[tuple[str, str]]:
         plan = [("after", p) for p in positions]
@@ -93,10 +114,12 @@ class BoundarySweep(Fault):
     def hold(self, run: Target) -> None:
         """The sweep: one fault after another, each applied on its own (it records itself)."""
         svc = run.services[self.target]
+        self._warm_up(run)
+        started = time.monotonic()
         done: set[tuple[str, str]] = set()
-        while time.monotonic() - self._started < self.max_seconds:
+        while time.monotonic() - started < self.max_seconds:
             positions, _ = positions_of(svc.crash_lives())  # a position first seen under the sweep joins it
-            for p in positions:
+            for p in self._swept(positions):
                 if p not in self.detail["positions"]:
                     self.detail["positions"].append(p)
             todo = [step for step in self._plan(self.detail["positions"]) if step not in done]
@@ -187,3 +210,15 @@ def coverage_gaps(history: "History", service: str) -> str | None:
             return (f"{service} was never killed just after its {', '.join(missing)} (not reached in time; "
                     f"{len(positions) - len(missing)} of {len(positions)} were)")
     return None
+
+
+def doing_work(service: str, units: int = 2) -> Callable[[Any], bool]:
+    """A readiness condition (At.ready): the running life of `service` has finished `units` units of
+    work - fresh ones (that changed rows) if its units ever did - since it started. The fault that
+    comes after a recovery then lands on a service at work, not on one still starting."""
+    def ready(run: Any) -> bool:
+        svc = run.services[service]
+        state = read_state(svc.crash_state) if svc.crash_state and svc.alive() else None
+        fresh = any(_units(life, True) for life in svc.past_lives)
+        return _units(state, fresh) >= units
+    return ready

@@ -30,6 +30,7 @@ class RunReport:
     crashed: list[str] = field(default_factory=list)  # services that died on their own: their logs are shown
     faults: list[dict] = field(default_factory=list)  # injected faults: fault, target, start, end, effective, ...
     only: list[str] = field(default_factory=list)  # `labkit check --only`: the checks this partial run judged
+    coverage: dict[str, str] = field(default_factory=dict)  # service -> "3 of 3 boundaries killed after, 2 held before"
 
     @property
     def counted(self) -> list[CheckResult]:

@@ -86,6 +86,8 @@ def print_report(report: RunReport, console: Console | None = None) -> None:
         console.print(Panel(escape(errors.pop()), title="[yellow]ERROR[/] the run could not finish", title_align="left"))
     if report.faults:
         console.print(fault_table(report))
+    for service, covered in report.coverage.items():
+        console.print(f"[dim]crash coverage:[/] {escape(service)}: {escape(covered)}")
     for note in report.notes:
         if not note.startswith("nemesis plan:"):  # the plans are in report.html (and were shown as the run went)
             console.print(f"[dim]note:[/] {escape(note)}")

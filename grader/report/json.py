@@ -11,7 +11,8 @@ Shape (schema "labkit.report/1"; keys are only ever added):
               "message", "evidence": [str, ...] (all of it, uncapped), "hint": str | null,
               "duration", "skipped", "errored"}, ...],
   "notes": [str, ...], "logs": {service: log tail}, "crashed": [service, ...],
-  "faults": [{"fault", "target", "fid", "start", "end", "effective", "reason", "description", "detail"}, ...]
+  "faults": [{"fault", "target", "fid", "start", "end", "effective", "reason", "description", "detail"}, ...],
+  "coverage": {service: "3 of 3 boundaries killed after, 2 held before"}   # crash coverage per service swept
 }
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ def to_dict(report: RunReport) -> dict:
         "replay": report.replay_command(),
         "checks": [{"id": r.id, "title": r.title, "state": r.state, **asdict(r)} for r in report.results],
         "notes": report.notes, "logs": report.logs, "crashed": report.crashed,
-        "faults": report.faults,
+        "faults": report.faults, "coverage": report.coverage,
     }
 
 

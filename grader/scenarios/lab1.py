@@ -12,10 +12,11 @@ SIGKILL after a bound):
                            then the client retries with its keys -> one order per key
                            two requests with one key in flight: Delay on the broker path -> 409
   broker -> consumer       offset committed before the effects (commit-first, or auto-commit in the
-                           background): HoldThenKill before a db-commit on fresh work (held past
-                           librdkafka's 5 s auto-commit interval, then SIGKILL)
-  consumer -> database     effects in two transactions: CrashPoint after db-commit k and k+1 (one
-                           lands between the two); redelivery after the effect but before the
+                           background): a hold before each database commit on fresh work (past
+                           librdkafka's 5 s auto-commit interval, then SIGKILL) - BoundarySweep
+  consumer -> database     effects in two transactions: a SIGKILL just after each boundary of the
+                           read model's unit of work as it has them (BoundarySweep: after each
+                           commit, so between any two); redelivery after the effect but before the
                            offset: the same; PostgreSQL restarted (-m immediate) and its
                            connections reset while records flow: retry, don't skip or dead-letter
   broker (redelivery)      Duplicates of existing records injected into the topic
@@ -31,8 +32,8 @@ from ..checks.orders import DOWNSTREAM, check_final_status, check_no_duplicate_e
 from ..checks.poison import check_poison
 from ..checks.tracing import run_secret, trace_check
 from ..kafka import group_lag
-from ..nemesis import (CrashPoint, Cut, Delay, Duplicates, HoldThenKill, Kill, OneWayCut, ResetConnections,
-                       RestartServer)
+from ..nemesis import (BOUNDARIES, BoundarySweep, CrashPoint, Cut, Delay, Duplicates, HoldThenKill, Kill, OneWayCut,
+                       ResetConnections, RestartServer)
 from ..nemesis.poison import Poison
 from ..observe import group_lag_is_zero, observe_rows, quiesce, rows_stable
 from ..runner import Run
@@ -42,7 +43,7 @@ from ..workloads.orders import Orders, cancellable, order_metrics, orders_of, st
 from ..workloads.poison import poison_phase
 from ..workloads.tracing import trace_phase
 
-P = Params(orders=120, rate=30, concurrency=6, load_max_seconds=90, fallback_after=20.0, hold=7.0,
+P = Params(orders=120, rate=30, concurrency=6, load_max_seconds=90, fallback_after=20.0, hold=7.0, sweep_seconds=60,
            cut_orders=4, cut_cancels=3, oneway_wait=12.0, delay_ms=1500, replays=5, duplicates=15,
            quiesce_timeout=60)
 DOWNSTREAM_SQL = {"orders": "SELECT order_id, customer_id, amount_cents, status FROM public.orders",
@@ -54,22 +55,19 @@ def orders(run: Run) -> Orders:
 
 
 def consumer_faults(run: Run) -> list[list[At]]:
-    """Two schedules, drawn from the run's seed (printed with it): the read model's crashes, and
-    database faults that wait until the read model is applying records.
+    """Two schedules: the read model's crashes, and database faults that wait until the read
+    model is applying records.
 
-    SIGKILL just after its k-th and its (k+1)-th database commit: whatever the parity of a consumer
-    that commits one record in two transactions, one kill lands between them (and, for a correct
-    one, between its effects and its offset commit: a redelivery). Then a hold just before a
-    commit on fresh work: counted from a seeded moment past the rejoin, and only over transactions
-    that changed rows (never a replayed or client-retried record skipped as a duplicate - seen: a
-    hold on one let the mutant through). An offset already committed (by a commit-first consumer,
-    or in the background) for work that never finishes is then a loss."""
-    k = run.rng.randrange(30, 60)
-    rm, fb = "read_model", P.fallback_after
-    return [[At(CrashPoint(rm, "db-commit", "after", k, fallback_after=fb), after_ok=8),
-             At(CrashPoint(rm, "db-commit", "after", k + 1, fallback_after=fb)),
-             At(HoldThenKill(rm, "db-commit", run.rng.randrange(1, 8), hold=P.hold, fallback_after=fb,
-                             after_s=run.rng.uniform(8, 10), writes_only=True))],
+    The read model's boundaries as it has them (seen in a warm-up of the first orders: poll ->
+    its database commits -> its offset commit), then a SIGKILL just after each (armed live, on
+    fresh work: a unit that changed rows) and a hold just before each database commit (past
+    librdkafka's 5 s auto-commit, then SIGKILL). A consumer that commits one record in two
+    transactions gets a kill between them in every run; a correct one gets redeliveries after its
+    effects; an offset committed in the background (or first) for work that never finishes is a
+    loss."""
+    rm = "read_model"
+    return [[At(BoundarySweep(rm, hold=P.hold, fallback_after=P.fallback_after, max_seconds=P.sweep_seconds),
+                after_ok=8)],
             [At(ResetConnections("postgres"), ready=consuming),  # records in flight when the database goes
              At(RestartServer("postgres", down=1.0), ready=consuming)]]
 
@@ -160,8 +158,8 @@ SCENARIO = Scenario(
     params=P,
     phases=[Phase("start and probe the API contract", start, injects=(Delay.kind,), always=True),
             Phase("load under consumer crashes and database faults", load, lambda run: run.state["faults"],
-                  P.load_max_seconds, injects=(CrashPoint.kind, HoldThenKill.kind, ResetConnections.kind,
-                                               RestartServer.kind)),
+                  P.load_max_seconds, injects=(BOUNDARIES, BoundarySweep.kind, CrashPoint.kind, HoldThenKill.kind,
+                                               ResetConnections.kind, RestartServer.kind)),
             Phase("API restarts, broker cuts, lost acknowledgements, duplicates", api_faults,
                   injects=(OneWayCut.kind, Kill.kind, Cut.kind, Duplicates.kind)),
             Phase("quiesce and observe", settle_and_observe, always=True),
@@ -172,8 +170,8 @@ SCENARIO = Scenario(
         "api-contract": Check(check_api_contract, needs=[(Delay.kind, "kafka"), (Kill.kind, "order_api")],
                               events=[retried_unknown_answered]),
         "no-lost-orders": Check(check_no_lost_orders, needs=[
-            (CrashPoint.kind, "read_model"), (HoldThenKill.kind, "read_model"), (Cut.kind, "kafka"),
-            (RestartServer.kind, "postgres")], events=[
+            (BOUNDARIES, "read_model"), (CrashPoint.kind, "read_model"), (HoldThenKill.kind, "read_model"),
+            (Cut.kind, "kafka"), (RestartServer.kind, "postgres")], events=[
             held(HoldThenKill.kind, "read_model"),
             in_flight_during("place", (Cut.kind,), "kafka", "order"),
             in_flight_during("cancel", (Cut.kind,), "kafka", "cancel")]),

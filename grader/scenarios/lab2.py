@@ -12,19 +12,21 @@ probes it (crash points fall back to a plain SIGKILL after a bound):
   outbox -> relay (log)     some orders' transactions take 3 s longer at COMMIT while later ones
                             commit (StallCommits, in the database): a relay polling the table by
                             id skips them for good
-  relay -> Kafka -> slot    SIGKILL just after the producer's flush (acknowledged, slot not yet
-                            advanced) and just after the slot advance; a hold before the advance
-                            (HoldThenKill); a broker Cut, once the relay publishes, longer than
-                            the delivery timeout of the contract (its sends fail: nothing may be
-                            confirmed past what Kafka did not take)
+  relay -> Kafka -> slot    SIGKILL just after each boundary of the relay's unit of work (its first
+                            send, the producer's flush: acknowledged, slot not yet advanced; the
+                            slot advance) and a hold before the advance (BoundarySweep); a broker
+                            Cut, once the relay publishes, longer than the delivery timeout of the
+                            contract (its sends fail: nothing may be confirmed past what Kafka did
+                            not take)
   PostgreSQL                CHECKPOINT (the slot's confirmed position reaches disk), then restarted
                             (-m immediate) mid-stream: the relay and projector reconnect, and a
                             relay that confirmed before the ack has lost what it confirmed
   client retries            every request whose outcome the client never learned is sent again
                             with its key: what was committed must then be acknowledged and arrive
-  Kafka -> projector        SIGKILL just after its database commit; a hold just before a commit of
-                            fresh work past the 5 s auto-commit interval, then SIGKILL (offsets
-                            committed in the background for work never done); Duplicates injected
+  Kafka -> projector        SIGKILL just after its database commit and its first offset store
+                            (BoundarySweep); a hold just before a commit of fresh work past the 5 s
+                            auto-commit interval, then SIGKILL (offsets committed in the background
+                            for work never done); Duplicates injected
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from ..checks.orders import (DOWNSTREAM, EVENTS, OUTBOX, check_aggregate_order, 
                              check_no_phantoms, lost_around, no_lost_except)
 from ..checks.poison import check_poison
 from ..checks.tracing import run_secret, trace_check
-from ..nemesis import CrashPoint, Cut, Delay, Duplicates, HoldThenKill, Kill, RestartServer
+from ..nemesis import BoundarySweep, CrashPoint, Cut, Delay, Duplicates, HoldThenKill, Kill, RestartServer
 from ..nemesis.database import RejectCommits, StallCommits
 from ..nemesis.poison import Poison
 from ..history import History
@@ -54,6 +56,7 @@ from ..workloads.poison import poison_phase
 from ..workloads.tracing import trace_phase
 
 P = Params(orders=120, rate=30, concurrency=6, load_max_seconds=100, fallback_after=20.0, hold=7.0, stall=3.0,
+           sweep_seconds=50,
            slow=5, slow_every=2.0, broker_cut=9.0,
            delay_ms=300, replays=5, rejects=4, duplicates=15, quiesce_timeout=60)
 DELIVERY_TIMEOUT_S = 5.0  # lab.toml's RELAY_DELIVERY_TIMEOUT_MS: the broker cut outlasts it
@@ -81,23 +84,29 @@ def database_restarted(run: Run) -> bool:
 
 
 def faults(run: Run) -> list[list[At]]:
-    """Two schedules, drawn from the seed: the relay's crashes; the service, database and projector."""
+    """Two schedules, drawn from the seed: the relay's crashes; the service, database and projector.
+
+    The relay and the projector are swept (BoundarySweep): a SIGKILL just after each boundary of
+    their unit of work as they have them - the relay's first send, its flush, its confirm; the
+    projector's commit and its first offset store - and a hold before the relay's confirm. Each
+    fault on fresh work; the broker cut once the relay is publishing again."""
     rng, fb = run.rng, P.fallback_after
-    relay = [At(CrashPoint("cdc_relay", "producer-flush", "after", rng.randrange(3, 10), fallback_after=fb), after_ok=10),
-             At(CrashPoint("cdc_relay", "slot-advance", "after", rng.randrange(3, 10), fallback_after=fb),
-                ready=database_restarted, ready_within=60),
-             At(HoldThenKill("cdc_relay", "slot-advance", rng.randrange(3, 10), hold=P.hold, fallback_after=fb)),
+    # The database restart must be over before the relay's confirms are probed (the sweep waits
+    # for it): a crash can put the slot back (a CHECKPOINT saves its confirmed position only if its
+    # restart point moved too), and the re-send would hide a relay that confirmed too early.
+    relay = [At(BoundarySweep("cdc_relay", hold=P.hold, fallback_after=fb, max_seconds=P.sweep_seconds,
+                              max_ordinal=1, hold_before=("slot-advance",)),
+                after_ok=10, ready=database_restarted, ready_within=60),
              At(Cut("kafka", seconds=P.broker_cut), ready=relay_publishing, ready_within=30)]
     odd, odd2 = 2 * rng.randrange(10, 25) + 1, 2 * rng.randrange(10, 25) + 1
-    # The database restart must be over before the relay's confirms are probed (the relay's
-    # slot-advance crash waits for it): a crash can put the slot back (a CHECKPOINT saves its
-    # confirmed position only if its restart point moved too), and the re-send would hide a relay
-    # that confirmed too early. It comes after the order service's faults, whose odd commit counts
+    # The database restart comes after the order service's faults, whose odd commit counts
     # (between an order's transaction and a separate outbox one) a restart's failed commits would shift.
     others = [At(CrashPoint("order_service", "db-commit", "after", odd, fallback_after=fb), after_ok=5),
               At(HoldThenKill("order_service", "db-commit", odd2, hold=1.0, fallback_after=fb)),
               At(RestartServer("postgres", down=1.0, checkpoint_url=run.stack.url("postgres"))),
-              At(CrashPoint("projector", "db-commit", "after", rng.randrange(2, 7), fallback_after=fb))]
+              # held before a commit by projector_hold (its own schedule): the sweep waits until that is over
+              At(BoundarySweep("projector", fallback_after=fb, max_seconds=P.sweep_seconds, max_ordinal=1,
+                               hold_before=()))]
     return [relay, others]
 
 

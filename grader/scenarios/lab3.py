@@ -21,8 +21,9 @@ each product and holds or slows the database's answers to them, without the serv
   slow miss vs update       a miss's answer is held after its SELECT ran; the row is updated and the
                             invalidation lands; then the miss fills: the cache must not keep the old
                             version (versioned sets / leases) - and after quiescence cache == database
-  update -> invalidation    the invalidator is SIGKILLed just before its slot advance (CrashPoint
-                            slot-advance before, twice): the changes are applied again (a replay) and
+  update -> invalidation    the invalidator is SIGKILLed just after each boundary of its unit of work
+                            (BoundarySweep: its first Redis write of a batch - before the advance -
+                            and its slot advance): the changes are applied again (a replay) and
                             must not put an older version back; reads 10 s after an acknowledged
                             update return it or newer (freshness; the stale-set probes' keys
                             are read again 12 s into the load)
@@ -46,7 +47,7 @@ import psycopg
 from ..checks.cache import (cache_trace_check, check_freshness, check_lock_safety, check_redis_outage,
                             check_stale_set_race, check_stampede, check_ttl_jitter)
 from ..checks.tracing import run_secret
-from ..nemesis import CrashPoint, Cut, Kill, OneWayCut, RestartServer
+from ..nemesis import BoundarySweep, CrashPoint, Cut, Kill, OneWayCut, RestartServer
 from ..nemesis.pgwire import HoldReads, PgTap, SlowReads
 from ..observe import observe_rows, quiesce
 from ..observe.redis import RedisObserver, observe_cache, versions_stable
@@ -57,8 +58,8 @@ from ..workloads.cache_probes import CacheProbes, later, wait_quietly
 from ..workloads.catalog import ID_PATTERN, Catalog, catalog_metrics, product_id
 
 P = Params(products=40, hot=4, readers=200, waiters=20, slow_ms=400, load_seconds=25, read_rate=60, write_rate=4,
-           stale_probes=2, late_reads_after=12.0, fallback_after=8.0, quiesce_timeout=15, redis_cut=3.0, redis_down=1.0,
-           redis_hang=5.0, absent=2, absent_read_after=12.0)
+           stale_probes=2, late_reads_after=12.0, fallback_after=8.0, sweep_seconds=15, quiesce_timeout=15,
+           redis_cut=3.0, redis_down=1.0, redis_hang=5.0, absent=2, absent_read_after=12.0)
 SERVICES = ("catalog", "catalog_b")
 
 
@@ -154,10 +155,12 @@ def stale_set_race(run: Run, ctx: PhaseContext) -> None:
 
 
 def faults(run: Run) -> list[list[At]]:
-    rng, fb = run.rng, P.fallback_after
-    invalidator = [At(CrashPoint("invalidator", "slot-advance", "before", rng.randrange(2, 6), fallback_after=fb),
-                      after_s=1.5),
-                   At(CrashPoint("invalidator", "slot-advance", "before", rng.randrange(2, 6), fallback_after=fb))]
+    fb = P.fallback_after
+    # the invalidator swept: a SIGKILL just after its first Redis write of a batch (markers written,
+    # the slot not advanced: the changes come again) and just after its slot advance, each on fresh
+    # work; over well before the load ends, so the last restart has caught up before quiescence
+    invalidator = [At(BoundarySweep("invalidator", fallback_after=fb, max_seconds=P.sweep_seconds, max_ordinal=1,
+                                    hold_before=(), ready_within=10), after_s=1.5)]
     # apart from the invalidator's crashes (a stale read must be the cache's doing, not a restart's),
     # and from each other (each outage's recovery window stays clear of the next one)
     redis = [At(Cut("redis", seconds=P.redis_cut), after_s=8),

@@ -9,12 +9,12 @@ probes it (crash points fall back to a plain SIGKILL after a bound):
                             quorum queues keep what was confirmed); the queue unbound from its
                             exchange for a while (Unroutable: mandatory + returns, or silent loss);
                             every request whose outcome the client never learned is sent again
-  broker -> worker          SIGKILL just after an ack (acked = charged?) and just before one
-                            (charged, not acked: redelivered, must not charge again); a hold at an
-                            ack, then SIGKILL
-  worker -> PostgreSQL      SIGKILL just after the charge's commit, before the ack; a hold just
-                            before that commit, then SIGKILL (an auto-acked or early-acked
-                            delivery is gone for good)
+  broker -> worker          SIGKILL just after each boundary of the worker's unit of work as it has
+                            them (BoundarySweep): after the gateway call (charged there, not here:
+                            redelivered, must not charge again), after the charge's commit (not
+                            acked), after the ack (acked = charged?); a hold at the ack, then SIGKILL
+  worker -> PostgreSQL      a hold just before the charge's commit, then SIGKILL (an auto-acked or
+                            early-acked delivery is gone for good)
   worker -> gateway         the grader's gateway answers 503 k times (retry with growing delays,
                             timed by the grader), 422 for poison payments (dead-letter queue),
                             and holds some answers longer than two heartbeat intervals (a job
@@ -32,7 +32,7 @@ from ..checks.payments import (CHARGES, check_heartbeats, check_no_double_charge
 from ..checks.tracing import run_secret
 from ..history import History
 from ..launch import ServiceFailed
-from ..nemesis import CrashPoint, Cut, HoldThenKill, ResetConnections, RestartServer
+from ..nemesis import BoundarySweep, CrashPoint, Cut, HoldThenKill, ResetConnections, RestartServer
 from ..nemesis.amqp import Unroutable
 from ..observe import quiesce
 from ..observe.amqp import (channel_sampler, observe_broker_log, observe_channels, observe_connections,
@@ -44,6 +44,7 @@ from ..workloads.gateway import Gateway, Plan
 from ..workloads.payments import Payments, accepted, payments_of, plans
 
 P = Params(payments=160, rate=20, concurrency=5, load_max_seconds=70, fallback_after=10.0, hold=2.0, cut=3.0,
+           sweep_seconds=45,
            unroutable=3.0, heartbeat=2, slow=8.0, retries=(1.0, 2.0, 4.0), max_attempts=4, prefetch=8,
            quiesce_timeout=25, quiet_timeout=30)
 API, WORKER = "payments_api", "payment_worker"
@@ -104,13 +105,13 @@ def start(run: Run, ctx: PhaseContext) -> None:
 
 
 def faults(run: Run) -> list[list[At]]:
-    """Two schedules drawn from the seed: the worker's crashes; the broker's faults."""
-    rng, fb = run.rng, P.fallback_after
-    worker = [At(CrashPoint(WORKER, "amqp-ack", "before", rng.randrange(3, 10), fallback_after=fb), after_ok=15),
-              At(CrashPoint(WORKER, "db-commit", "after", rng.randrange(3, 10), fallback_after=fb)),
-              At(CrashPoint(WORKER, "amqp-ack", "after", rng.randrange(3, 10), fallback_after=fb)),
-              At(HoldThenKill(WORKER, "db-commit", rng.randrange(3, 10), hold=P.hold, fallback_after=fb)),
-              At(HoldThenKill(WORKER, "amqp-ack", rng.randrange(3, 10), hold=P.hold, fallback_after=fb))]
+    """Two schedules: the worker's crashes; the broker's faults."""
+    fb = P.fallback_after
+    # the worker swept: a SIGKILL just after each boundary of its unit of work as it has them (the
+    # gateway call, the charge's commit, the ack, a retry's publish) and a hold before its commit
+    # and its ack, each on fresh work
+    worker = [At(BoundarySweep(WORKER, hold=P.hold, fallback_after=fb, max_seconds=P.sweep_seconds, max_ordinal=1,
+                               hold_before=("db-commit", "amqp-ack")), after_ok=15)]
     broker = [At(Cut("rabbitmq", seconds=P.cut), after_ok=25),
               At(Unroutable(run.ns.queue("payments"), q(run, "payments.work"), "payment", seconds=P.unroutable)),
               At(ResetConnections("rabbitmq")),

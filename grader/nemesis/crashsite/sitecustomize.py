@@ -23,8 +23,9 @@ and does two things with them:
   thread waits, then the call goes ahead). An arm names either a unit position ("db-commit#2": the
   2nd commit of a unit of work) or a point and a count ("the 3rd db-commit from now").
 
-Chains to any other sitecustomize on the path. Never breaks the process: a missing library means
-its calls are simply not intercepted; a grader bug prints one line and leaves the service alone.
+Each client library is patched right after the service imports it (none is imported for it).
+Chains to any other sitecustomize on the path. Never breaks the process: a library never imported
+is never intercepted; a grader bug prints one line and leaves the service alone.
 """
 import os
 
@@ -279,12 +280,10 @@ def _install(spec, control, state_path) -> None:
 
     site = {"boundary": boundary, "aboundary": aboundary, "reads": reads, "areads": areads,
             "read_input": read_input}
-    for hook in (_kafka, _psycopg, _psycopg2, _pika, _redis, _http):
-        try:
-            hook(site)
-        except Exception as e:  # one library's surprise must not cost the others
-            import sys
-            print(f"labkit crashsite: {hook.__name__[1:]} not intercepted ({e!r})", file=sys.stderr)
+    # Each library is patched once the service imports it (never imported for it: a life starts fast).
+    _after_import({"confluent_kafka": _kafka, "psycopg": _psycopg, "psycopg2.extras": _psycopg2,
+                   "pika.adapters.blocking_connection": _pika, "redis": _redis, "httpx": _httpx,
+                   "requests": _requests}, site)
 
     import atexit
 
@@ -293,10 +292,8 @@ def _install(spec, control, state_path) -> None:
 
 
 def _kafka(site) -> None:
-    try:
-        import confluent_kafka
-    except ImportError:
-        return
+    import confluent_kafka
+
     boundary, reads = site["boundary"], site["reads"]
 
     def got_one(msg, *args, **kwargs) -> bool:
@@ -338,12 +335,10 @@ def _psycopg(site) -> None:
     its own commit. Point-and-count arms count every commit, as they always did (writes_only: those
     that changed rows). A statement naming pg_replication_slot_advance is a slot advance; one
     reading a slot's changes (peek/get) is an input read when it returned rows."""
-    try:
-        import psycopg
-        from psycopg.pq import ConnStatus, TransactionStatus
-    except ImportError:
-        return
     import functools
+
+    import psycopg
+    from psycopg.pq import ConnStatus, TransactionStatus
 
     boundary, aboundary, read_input = site["boundary"], site["aboundary"], site["read_input"]
 
@@ -440,12 +435,13 @@ def _psycopg2(site) -> None:
     """A streaming replication connection (psycopg2): read_message() returning a message (or the
     callback of consume_stream) is an input read; a send_feedback that confirms a flush position
     is a slot advance ("after": the server is seen to have taken it)."""
-    try:
-        import psycopg2.extras
-    except ImportError:
-        return
     import functools
+    import sys
     import time
+
+    import psycopg2
+
+    extras = sys.modules["psycopg2.extras"]  # being imported: not yet an attribute of its package
 
     boundary, reads, read_input = site["boundary"], site["reads"], site["read_input"]
     names = ("write_lsn", "flush_lsn", "apply_lsn", "reply", "force")
@@ -471,7 +467,7 @@ def _psycopg2(site) -> None:
                     return
                 time.sleep(0.02)
 
-    cls = psycopg2.extras.ReplicationCursor  # a Python subclass of the C type: its attributes can be replaced
+    cls = extras.ReplicationCursor  # a Python subclass of the C type: its attributes can be replaced
     cls.send_feedback = boundary("slot-advance", cls.send_feedback, confirms, settle=server_has_it)
     cls.read_message = reads("slot-read", cls.read_message, lambda msg, *a, **k: msg is not None)
     consume_stream = cls.consume_stream
@@ -488,11 +484,10 @@ def _psycopg2(site) -> None:
 def _pika(site) -> None:
     """pika's BlockingConnection: a delivery to a basic_consume callback, a basic_get or a consume()
     item is an input read; basic_publish an effect; basic_ack/nack/reject an ack."""
-    try:
-        from pika.adapters.blocking_connection import BlockingChannel
-    except ImportError:
-        return
     import functools
+    import sys
+
+    BlockingChannel = sys.modules["pika.adapters.blocking_connection"].BlockingChannel
 
     boundary, reads, read_input = site["boundary"], site["reads"], site["read_input"]
 
@@ -537,11 +532,9 @@ REDIS_WRITES = {"SET", "SETEX", "PSETEX", "SETNX", "MSET", "MSETNX", "GETSET", "
 
 def _redis(site) -> None:
     """redis-py (sync): a write command, script call or a pipeline holding one is an effect."""
-    try:
-        import redis
-        from redis.client import Pipeline
-    except ImportError:
-        return
+    import redis
+    from redis.client import Pipeline
+
     boundary = site["boundary"]
 
     def writes(client, *args, **kwargs):
@@ -557,29 +550,72 @@ def _redis(site) -> None:
     Pipeline.execute = boundary("redis-write", Pipeline.execute, pipeline_writes)
 
 
-def _http(site) -> None:
-    """An outgoing HTTP call (httpx, requests) to anything but the span collector is an effect
-    (e.g. a payment gateway)."""
-    boundary, aboundary = site["boundary"], site["aboundary"]
-    collector = tuple(v.rstrip("/") for k, v in os.environ.items()
-                      if k.startswith("OTEL_EXPORTER_OTLP") and k.endswith("ENDPOINT") and v)
+def _collector():
+    return tuple(v.rstrip("/") for k, v in os.environ.items()
+                 if k.startswith("OTEL_EXPORTER_OTLP") and k.endswith("ENDPOINT") and v)
 
-    def calls(client, request, *args, **kwargs):
-        hit = not str(getattr(request, "url", "")).startswith(collector) if collector else True
-        return hit, hit, True
 
-    try:
-        import httpx
-    except ImportError:
-        httpx = None
-    if httpx is not None:
-        httpx.Client.send = boundary("http-call", httpx.Client.send, calls)
-        httpx.AsyncClient.send = aboundary("http-call", httpx.AsyncClient.send, calls)
-    try:
-        import requests
-    except ImportError:
-        return
-    requests.Session.send = boundary("http-call", requests.Session.send, calls)
+def _calls(client, request, *args, **kwargs):
+    """An outgoing HTTP call to anything but the span collector is an effect (e.g. a payment gateway)."""
+    collector = _collector()
+    hit = not str(getattr(request, "url", "")).startswith(collector) if collector else True
+    return hit, hit, True
+
+
+def _httpx(site) -> None:
+    import httpx
+
+    httpx.Client.send = site["boundary"]("http-call", httpx.Client.send, _calls)
+    httpx.AsyncClient.send = site["aboundary"]("http-call", httpx.AsyncClient.send, _calls)
+
+
+def _requests(site) -> None:
+    import requests
+
+    requests.Session.send = site["boundary"]("http-call", requests.Session.send, _calls)
+
+
+def _after_import(hooks, site) -> None:
+    """Run hooks[name](site) right after module `name` is imported (now, if it already is)."""
+    import importlib.abc
+    import importlib.util
+    import sys
+
+    def run(name) -> None:
+        hook = hooks.pop(name, None)
+        if hook is None:
+            return
+        try:
+            hook(site)
+        except Exception as e:  # one library's surprise must not cost the others
+            print(f"labkit crashsite: {name} not intercepted ({e!r})", file=sys.stderr)
+
+    for name in [n for n in hooks if n in sys.modules]:
+        run(name)
+
+    class Finder(importlib.abc.MetaPathFinder):
+        busy = set()
+
+        def find_spec(self, name, path=None, target=None):
+            if name not in hooks or name in self.busy:
+                return None
+            self.busy.add(name)
+            try:
+                spec = importlib.util.find_spec(name)
+            finally:
+                self.busy.discard(name)
+            loader = getattr(spec, "loader", None)
+            if loader is None or not hasattr(loader, "exec_module"):
+                return spec
+            exec_module = loader.exec_module
+
+            def patched(module):
+                exec_module(module)
+                run(name)
+            loader.exec_module = patched
+            return spec
+
+    sys.meta_path.insert(0, Finder())
 
 
 def _chain() -> None:
