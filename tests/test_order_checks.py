@@ -162,3 +162,11 @@ def test_each_check_of_labs_1_and_2_is_a_row_of_the_readme_invariant_table():
         assert "| invariant | observation that proves it |" in table, lab_id
         missing = [c.id for c in lab.checks if f"| `{c.id}` | {c.points:g} |" not in table]
         assert not missing, f"{lab_id}: checks without a row in the README's table: {missing}"
+
+
+def test_a_409_while_the_first_attempt_still_holds_its_claim_is_not_judged():
+    body = {"customer_id": "c-1", "amount_cents": 777}
+    run = Clock().place("k-1", body, None).at(5).place("k-1", body, 409, retry=True).place("p", {}, 400, probe="no-key")
+    run.observe(DOWNSTREAM, orders=[["o-1", "c-1", 777, "placed"]], totals=[])
+    assert not any("retried after an unknown" in e for e in check_api_contract(run.history, **ARGS).evidence)
+    assert retried_unknown_answered(run.history) is not None

@@ -76,8 +76,9 @@ def check_api_contract(history: History, **args) -> CheckResult:
 
 def retried_after_unknown(history: History) -> dict[str, tuple[Op, list[Op]]]:
     """key -> (its first place request whose outcome the client never learned, the requests sent
-    again with that key after it). A key retried after an unknown outcome: whatever the first one
-    did, the retry's answer must now say so."""
+    again with that key after it and answered). A key retried after an unknown outcome: whatever the
+    first one did, the retry's answer must now say so. A 409 says nothing yet (the service still
+    holds the first attempt's claim, until it expires): not counted."""
     by_key: dict[str, list[Op]] = defaultdict(list)
     for op in history.ops("place"):
         if op.invoke.get("key"):
@@ -86,7 +87,8 @@ def retried_after_unknown(history: History) -> dict[str, tuple[Op, list[Op]]]:
     for key, ops in by_key.items():
         first = next((op for op in ops if op.type == "info"), None)
         later = [op for op in ops if first is not None and op.id > first.id
-                 and op.t_invoke >= (first.t_complete or first.t_invoke) and op.result.get("status")]
+                 and op.t_invoke >= (first.t_complete or first.t_invoke)
+                 and op.result.get("status") not in (None, 0, 409)]
         if first is not None and later:
             out[key] = (first, later)
     return out

@@ -67,14 +67,19 @@ def _detail(op: Op) -> str:
     return f"request #{op.id}{retry}, key {op.invoke.get('key')}, {op.result.get('status')} at t={op.t_complete:.1f}s"
 
 
-def fault_after(history: History, t: float | None) -> str:
-    """A fault under way at time t, else the first that bit after it: the likely exposer."""
+def fault_after(history: History, t: float | None, on: str | None = None) -> str:
+    """A fault under way at time t, else the first that bit after it: the likely exposer. Of the
+    faults under way, one on `on` (the service that lost it) first, then the one that began last
+    (a cut beats a hold begun long before)."""
     if t is None:
         return ""
     bit = sorted((f for f in fault_events(history) if f["effective"] and f["end"] is not None and f["end"] >= t),
                  key=lambda f: f["start"] or 0)
-    after = sorted((f for f in bit if (f["start"] or 0) <= t), key=lambda f: -(f["start"] or 0)) or bit
-    if not after:  # (of the faults under way, the one that began last: a cut beats a hold begun long before)
+    if on is not None:
+        bit = [f for f in bit if f["target"] == on] + [f for f in bit if f["target"] != on]
+    after = sorted((f for f in bit if (f["start"] or 0) <= t),
+                   key=lambda f: (f["target"] != on, -(f["start"] or 0))) or bit
+    if not after:
         return "; no fault after it"
     f = after[0]
     how = (f.get("detail") or {}).get("how")
@@ -334,8 +339,12 @@ def claimed_by(history: History, loss: Loss, claim: Claim, before: float = BEFOR
     return next((w for w in _windows(history, faults, before) if w[0] <= t <= w[1]), None)
 
 
+SERVICE_OF = {"projector": "projector", "relay": "cdc_relay", "order service": "order_service"}
+
+
 def _loss_line(history: History, loss: Loss) -> str:
-    return f"{loss.label}: {loss.what} ({_detail(loss.op)}{fault_after(history, loss.op.t_complete)})" + \
+    on = SERVICE_OF.get(loss.component or "")
+    return f"{loss.label}: {loss.what} ({_detail(loss.op)}{fault_after(history, loss.op.t_complete, on)})" + \
         (f"; {loss.where}" if loss.where else "")
 
 

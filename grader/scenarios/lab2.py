@@ -237,12 +237,11 @@ SCENARIO = Scenario(
         "api-contract": Check(check_api_contract, needs=[(Delay.kind, "postgres"), (Kill.kind, "order_service"),
                                                          (CrashPoint.kind, "order_service")],
                               events=[retried_unknown_answered]),
-        "no-lost-events": Check(no_lost_except(RELAY_LOSSES, RESTART_LOSSES), needs=[*RELAY_CRASHES, (StallCommits.kind, "orders"),
-                                                             (CrashPoint.kind, "order_service"), (Cut.kind, "kafka"),
-                                                             (HoldThenKill.kind, "projector")],
-                                events=[held(HoldThenKill.kind, "projector"),
-                                        acknowledged_during("place", Cut.kind, "kafka", DELIVERY_TIMEOUT_S,
-                                                            "order")]),
+        "no-lost-events": Check(no_lost_except(RELAY_LOSSES, RESTART_LOSSES), needs=[
+            *RELAY_CRASHES, (StallCommits.kind, "orders"), (CrashPoint.kind, "order_service"), (Cut.kind, "kafka"),
+            (HoldThenKill.kind, "projector")], events=[
+            held(HoldThenKill.kind, "projector"),
+            acknowledged_during("place", Cut.kind, "kafka", DELIVERY_TIMEOUT_S, "order")]),
         "no-phantom-events": Check(check_no_phantoms, needs=[(RejectCommits.kind, "orders")]),
         "no-duplicate-effects": Check(check_no_duplicate_effects, needs=[*RELAY_CRASHES, (CrashPoint.kind, "projector"),
                                                                          (Duplicates.kind, None)]),
