@@ -316,7 +316,8 @@ def check_prefetch(limit: int, work_queue: Callable[[History], str]):
                 evidence.append(f"t={t:.1f}s channel {ch['pid']}: {ch['unacked']} unacked > prefetch {ch['prefetch']}")
         peak = max((ch["unacked"] for _, ch in samples), default=0)
         if evidence:
-            return CheckResult.verdict(passed=False, message=f"{len(evidence)} sample(s) without a working prefetch bound",
+            return CheckResult.verdict(passed=False, message=f"{len(evidence)} finding(s) of consumers or channels without "
+                                       f"a working prefetch bound",
                                        evidence=evidence, **args)
         return CheckResult.verdict(passed=True, message=f"{len(samples)} channel samples: prefetch in 1..{limit}, at most "
                                    f"{peak} unacked; {len(consumers)} consumer sightings, manual acks", **args)
