@@ -378,7 +378,10 @@ def check_heartbeats(heartbeat: float):
         if not judged:
             return CheckResult.error(message=f"no long job could be judged ({skipped} overlapped faults)", **args)
         if evidence:
-            return CheckResult.verdict(passed=False, message=f"{len(evidence)} long job(s) cost their connection",
+            lost = len(evidence) - bool(disabled)
+            what = [f"{lost} long job(s) cost their connection"] if lost else []
+            what += ["heartbeats disabled on the worker's connection"] if disabled else []
+            return CheckResult.verdict(passed=False, message="; ".join(what),
                                        evidence=evidence, **args)
         return CheckResult.verdict(passed=True, message=f"{judged} jobs longer than 2 heartbeat intervals "
                                    f"({2 * heartbeat:g} s) acked on their first delivery", **args)
