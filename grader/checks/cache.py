@@ -50,6 +50,18 @@ def _ops(history: History, f: str, probe: str | None = None) -> list[Op]:
     return [op for op in history.ops(f) if probe is None or op.invoke.get("probe") == probe]
 
 
+def holds_product(raw: str | None) -> bool:
+    """An entry a read would be served from (the contract: it has the product's fields), not a
+    marker or a negative entry (a miss: the reader goes to the database)."""
+    import json
+
+    try:
+        entry = json.loads(raw) if raw else None
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and "name" in entry
+
+
 def answered_version(op: Op) -> int | None:
     """The version a GET answered: the body's, or 0 for a 404 (nothing yet: a product created since
     must not stay "not found" - a negative cache entry is invalidated too)."""
@@ -97,8 +109,8 @@ def check_freshness(history: History, **args: Any) -> CheckResult:
     for e in history.observations("cache-sample"):
         for pid, entry in (e.data.get("entries") or {}).items():
             v = entry.get("version")
-            if not isinstance(v, int):
-                continue
+            if not isinstance(v, int) or not holds_product(entry.get("raw")):
+                continue  # a marker or a negative entry is a miss: its version is never served
             if pid in last and v < last[pid][1]:
                 regressions.append(f"cached {pid} went back from version {last[pid][1]} (t={last[pid][0]:.2f}s) to {v} "
                                    f"(t={e.t:.2f}s): an old change event or an old fill overwrote a newer entry")
