@@ -228,8 +228,9 @@ def check_lock_safety(history: History, **args: Any) -> CheckResult:
         waiters = [op for op in _ops(history, "get", "lock-waiter") if op.invoke.get("product") == pid]
         late = [op for op in waiters if op.type != "ok" or op.t_complete is None or op.t_complete - t_kill > ANSWERED_WITHIN]
         done = [op.t_complete - t_kill for op in waiters if op.type == "ok" and op.t_complete is not None]
+        ttls = ", ".join(f"{k} {v / 1000:.1f} s" if v >= 0 else f"{k} no TTL" for k, v in (kill.get("locks") or {}).items())
         lines.append(f"{len(waiters) - len(late)} of {len(waiters)} readers waiting on the killed holder's lock answered "
-                     f"(last after {max(done, default=0):.2f} s)")
+                     f"(last after {max(done, default=0):.2f} s); its lock's TTL left: {ttls or 'no lock seen'}")
         for op in late[:4]:
             what = (f"{op.result.get('status') or 'no answer'}" if op.type != "ok" else
                     f"answered {op.t_complete - t_kill:.2f} s after the kill")
