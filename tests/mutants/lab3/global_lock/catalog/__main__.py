@@ -1,12 +1,12 @@
 """The reference catalog, except that one lock key guards the fills of every product."""
+import uuid
+
 from services.catalog.app import Catalog, main
 from services.common.cache import key
 
 
 class GlobalLock(Catalog):
     def acquire(self, product_id):
-        import uuid
-
         token = uuid.uuid4().hex
         # BUG: the same key for every product - one slow fill makes every other miss wait
         got = self.cached("SET", self.redis.set, key("lock", "fill"), token, nx=True, px=2000)
