@@ -294,3 +294,22 @@ def test_redis_outage_blames_reads_answered_only_at_a_hangs_heal():
     assert check_redis_outage(hang(False), **ARGS).passed
     result = check_redis_outage(hang(True), **ARGS)
     assert not result.passed and "4 of 4 GETs" in result.evidence[0] and "no socket timeout" in result.evidence[0]
+
+
+def test_freshness_counts_regressions_of_served_entries_only():
+    """After Redis restarts empty, the invalidator re-applies its unadvanced changes: a marker of an
+    older version appears for a moment. A marker is a miss (never served): no regression. A served
+    entry going back is one."""
+    h = History()
+    n = h.invoke("client", "put", product="p", expected=5)
+    h.complete(n, "ok", "client", "put", status=200, body={"id": "p", "version": 6})
+    h._t0 -= 11
+    get(h, "p", 6)
+    served = lambda v: {"version": v, "raw": f'{{"id": "p", "name": "p rev {v}", "version": {v}}}'}  # noqa: E731
+    h.observe("cache-sample", entries={"p": served(6)})
+    h.observe("cache-sample", entries={"p": {"version": 4, "raw": '{"version":4,"stale":true}'}})
+    h.observe("cache-sample", entries={"p": served(6)})
+    assert check_freshness(h, **ARGS).passed
+    h.observe("cache-sample", entries={"p": served(4)})
+    result = check_freshness(h, **ARGS)
+    assert not result.passed and "went back from version 6" in result.evidence[0]

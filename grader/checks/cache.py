@@ -50,6 +50,18 @@ def _ops(history: History, f: str, probe: str | None = None) -> list[Op]:
     return [op for op in history.ops(f) if probe is None or op.invoke.get("probe") == probe]
 
 
+def holds_product(raw: str | None) -> bool:
+    """An entry a read would be served from (the contract: it has the product's fields), not a
+    marker or a negative entry (a miss: the reader goes to the database)."""
+    import json
+
+    try:
+        entry = json.loads(raw) if raw else None
+    except ValueError:
+        return False
+    return isinstance(entry, dict) and "name" in entry
+
+
 def answered_version(op: Op) -> int | None:
     """The version a GET answered: the body's, or 0 for a 404 (nothing yet: a product created since
     must not stay "not found" - a negative cache entry is invalidated too)."""
@@ -97,8 +109,8 @@ def check_freshness(history: History, **args: Any) -> CheckResult:
     for e in history.observations("cache-sample"):
         for pid, entry in (e.data.get("entries") or {}).items():
             v = entry.get("version")
-            if not isinstance(v, int):
-                continue
+            if not isinstance(v, int) or not holds_product(entry.get("raw")):
+                continue  # a marker or a negative entry is a miss: its version is never served
             if pid in last and v < last[pid][1]:
                 regressions.append(f"cached {pid} went back from version {last[pid][1]} (t={last[pid][0]:.2f}s) to {v} "
                                    f"(t={e.t:.2f}s): an old change event or an old fill overwrote a newer entry")
@@ -216,8 +228,9 @@ def check_lock_safety(history: History, **args: Any) -> CheckResult:
         waiters = [op for op in _ops(history, "get", "lock-waiter") if op.invoke.get("product") == pid]
         late = [op for op in waiters if op.type != "ok" or op.t_complete is None or op.t_complete - t_kill > ANSWERED_WITHIN]
         done = [op.t_complete - t_kill for op in waiters if op.type == "ok" and op.t_complete is not None]
+        ttls = ", ".join(f"{k} {v / 1000:.1f} s" if v >= 0 else f"{k} no TTL" for k, v in (kill.get("locks") or {}).items())
         lines.append(f"{len(waiters) - len(late)} of {len(waiters)} readers waiting on the killed holder's lock answered "
-                     f"(last after {max(done, default=0):.2f} s)")
+                     f"(last after {max(done, default=0):.2f} s); its lock's TTL left: {ttls or 'no lock seen'}")
         for op in late[:4]:
             what = (f"{op.result.get('status') or 'no answer'}" if op.type != "ok" else
                     f"answered {op.t_complete - t_kill:.2f} s after the kill")

@@ -316,7 +316,8 @@ def check_prefetch(limit: int, work_queue: Callable[[History], str]):
                 evidence.append(f"t={t:.1f}s channel {ch['pid']}: {ch['unacked']} unacked > prefetch {ch['prefetch']}")
         peak = max((ch["unacked"] for _, ch in samples), default=0)
         if evidence:
-            return CheckResult.verdict(passed=False, message=f"{len(evidence)} sample(s) without a working prefetch bound",
+            return CheckResult.verdict(passed=False, message=f"{len(evidence)} finding(s) of consumers or channels without "
+                                       f"a working prefetch bound",
                                        evidence=evidence, **args)
         return CheckResult.verdict(passed=True, message=f"{len(samples)} channel samples: prefetch in 1..{limit}, at most "
                                    f"{peak} unacked; {len(consumers)} consumer sightings, manual acks", **args)
@@ -377,7 +378,10 @@ def check_heartbeats(heartbeat: float):
         if not judged:
             return CheckResult.error(message=f"no long job could be judged ({skipped} overlapped faults)", **args)
         if evidence:
-            return CheckResult.verdict(passed=False, message=f"{len(evidence)} long job(s) cost their connection",
+            lost = len(evidence) - bool(disabled)
+            what = [f"{lost} long job(s) cost their connection"] if lost else []
+            what += ["heartbeats disabled on the worker's connection"] if disabled else []
+            return CheckResult.verdict(passed=False, message="; ".join(what),
                                        evidence=evidence, **args)
         return CheckResult.verdict(passed=True, message=f"{judged} jobs longer than 2 heartbeat intervals "
                                    f"({2 * heartbeat:g} s) acked on their first delivery", **args)

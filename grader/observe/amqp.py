@@ -188,16 +188,20 @@ def observe_dlq(run: "Run", history: History, queue: str) -> list[dict]:
 
 
 def observe_broker_log(run: "Run", history: History, patterns: tuple[str, ...] = ("missed heartbeats",)) -> list[str]:
-    """Lines of the node's log naming `patterns` for this run's user (native runtime only)."""
+    """Lines of the node's log naming `patterns` for this run's user: the native node's log file, or
+    the Docker container's log (the official image logs to stdout)."""
     server = run.stack.servers.get("rabbitmq")
     workdir = getattr(getattr(server, "workdir", None), "path", None)
     lines: list[str] = []
+    text = None
     if workdir is not None:
-        log = Path(workdir) / "rabbitmq.log"
         try:
-            text = log.read_text(errors="replace")
+            text = (Path(workdir) / "rabbitmq.log").read_text(errors="replace")
         except OSError:
             text = ""
+    elif hasattr(server, "inspect") and hasattr(server, "logs"):
+        text = server.logs(lines=100_000)
+    if text is not None:
         lines = [line.strip()[:300] for line in text.splitlines() if any(p in line for p in patterns)]
         history.observe(BROKER_LOG, lines=lines, at=[_history_time(history, line) for line in lines])
     return lines

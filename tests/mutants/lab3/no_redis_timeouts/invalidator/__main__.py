@@ -1,0 +1,3 @@
+from services.invalidator.invalidator import main
+
+main()
