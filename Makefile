@@ -58,12 +58,14 @@ up: install
 down: install
 	$(LABKIT) down
 
-# make lab-1 [SUBMISSION=path] [RUNTIME=native]  /  make check-1 [SUBMISSION=path] [ARGS="--seed 7"]
+# make lab-1 [SUBMISSION=path] [RUNTIME=native]  /  make check-1 [SUBMISSION=path] [ONLY=check-id] [ARGS="--seed 7"]
+# A score below full is a result, not a make error: check-N exits 0 once graded (STRICT=1, or
+# `labkit check` itself as CI runs it, exits 1 unless every check passed).
 lab-%: install
 	$(LABKIT) run lab-$* --runtime $(RUNTIME) $(if $(SUBMISSION),--submission $(SUBMISSION)) $(ARGS)
 
 check-%: install
-	$(LABKIT) check lab-$* --runtime $(RUNTIME) $(if $(SUBMISSION),--submission $(SUBMISSION)) $(ARGS)
+	$(LABKIT) check lab-$* --runtime $(RUNTIME) $(if $(SUBMISSION),--submission $(SUBMISSION)) $(foreach c,$(ONLY),--only $(c)) $(if $(STRICT),,--exit-zero) $(ARGS)
 
 # make grade-1 SUBMISSIONS=path/to/class [OUT=graded/lab-1] [ARGS="--jobs 2 --repeat 3 --trust-submissions"]
 grade-%: install

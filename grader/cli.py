@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .lab import REPO_ROOT, LabError, all_labs, find_lab
+from .report.safe_text import markup_safe
 from .stack import RUNTIMES, StackError, make_stack, resolve_runtime
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -25,7 +26,7 @@ RuntimeOpt = typer.Option("auto", "--runtime", "-r", help=f"one of {', '.join(RU
 
 
 def fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {markup_safe(message, multiline=True)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -165,23 +166,66 @@ def run(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission: O
 @app.command()
 def check(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission: Optional[Path] = SubmissionOpt,
           runtime: str = RuntimeOpt, seed: Optional[int] = typer.Option(None, help="replay a run with its seed"),
-          out: Optional[Path] = typer.Option(None, help="folder for report.json, junit.xml, history and logs")) -> None:
-    """Grade a submission: per-check points, evidence and hints. Exit code 1 if any check fails."""
+          out: Optional[Path] = typer.Option(None, help="folder for report.json/.html, junit.xml, history and logs"),
+          only: Optional[list[str]] = typer.Option(None, "--only", help="judge just this check (repeatable): "
+                                                   "only the phases and faults it needs run - faster, not a grade"),
+          exit_zero: bool = typer.Option(False, "--exit-zero", help="exit 0 for a graded run even below full "
+                                         "marks (`make check-N` uses it; a run that could not happen still exits 1); "
+                                         "without it: 1 unless every check passed")) -> None:
+    """Grade a submission: per-check points, evidence and hints, and report.html with the run's timeline.
+    Exit code 1 if any check did not pass (unless --exit-zero), 2 if it could not start."""
     from .report.console import print_report
-    from .report.json import write_json
-    from .report.junit import write_junit
     from .runner import grade
 
     spec = _lab(lab)
+    known = [c.id for c in spec.checks]
+    unknown = [c for c in only or [] if c not in known]
+    if unknown:
+        fail(f"{spec.id} has no check {', '.join(unknown)} (its checks: {', '.join(known)})")
     submission = submission or spec.starter
     out = out or Path("results") / spec.id
-    console.print(f"grading [bold]{submission}[/] against {spec.id} ({spec.title})")
-    report = grade(spec, submission, runtime, seed, out, say=lambda m: console.print(f"[dim]· {m}[/]", highlight=False))
+    console.print(f"grading [bold]{markup_safe(submission)}[/] against {spec.id} ({spec.title})")
+    report = grade(spec, submission, runtime, seed, out,
+                   say=lambda m: console.print(f"[dim]· {markup_safe(m, multiline=True)}[/]", highlight=False),
+                   only=tuple(only or ()))
     print_report(report, console)
+    with console.status("writing report.html ..."):
+        html = _write_reports(report, out)
+    console.print(f"[dim]reports: {out / 'report.json'}, {out / 'junit.xml'}; history: {out / 'history.jsonl'}[/]",
+                  highlight=False)
+    console.print(f"[bold]report with the timeline, faults and traces:[/] {html}", highlight=False, soft_wrap=True)
+    graded = not all(r.state == "ERROR" for r in report.results)  # a run that could not happen is an error
+    raise typer.Exit(0 if report.passed or (exit_zero and graded) else 1)
+
+
+def _write_reports(report, out: Path) -> Path:
+    """report.json, junit.xml and report.html of a run; returns the HTML's path (absolute: a link to click)."""
+    from .report.html import write_html
+    from .report.json import write_json
+    from .report.junit import write_junit
+
     write_json(report, out / "report.json")
     write_junit(report, out / "junit.xml")
-    console.print(f"[dim]reports: {out / 'report.json'}, {out / 'junit.xml'}; history: {out / 'history.jsonl'}[/]")
-    raise typer.Exit(0 if report.passed else 1)
+    html = (out / "report.html").resolve()
+    write_html(report, html, out / "history.jsonl")
+    return html
+
+
+@app.command("report")
+def report_cmd(results: Path = typer.Argument(..., help="a results folder of `labkit check` (report.json, history.jsonl)"),
+               out: Optional[Path] = typer.Option(None, help="where to write the page (default RESULTS/report.html)")) -> None:
+    """Render report.html (checks, evidence, timeline with fault bands, failing traces) from a saved run."""
+    from .report.html import write_html
+
+    try:
+        data = json.loads((results / "report.json").read_text())
+    except (OSError, ValueError) as e:
+        fail(f"{results}: no readable report.json ({e}); give a folder written by `labkit check` or `labkit grade`")
+    if not isinstance(data, dict) or "checks" not in data:
+        fail(f"{results / 'report.json'}: not a labkit report")
+    page = (out or results / "report.html").resolve()
+    write_html(data, page, results / "history.jsonl")
+    console.print(f"report: {page}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -212,8 +256,9 @@ def trace(results: Path = typer.Argument(..., help="a results folder written by 
         ops = [op for op in ops if op.invoke.get("probe") == "trace"] or ops[-1:]
     faults = faults_in_span_clock(fault_events(history), wall_t0_ns(history))
     for op in ops if (all_traced or order) else ops[-1:]:
-        console.print(f"[bold]{op.f}[/] request #{op.id} (key {op.invoke.get('key')}) -> {op.result.get('status')}  "
-                      f"[dim]trace {op.invoke['trace_id']}[/]")
+        console.print(f"[bold]{markup_safe(op.f)}[/] request #{op.id} (key {markup_safe(op.invoke.get('key'))}) -> "
+                      f"{markup_safe(op.result.get('status'))}  [dim]trace {markup_safe(op.invoke['trace_id'])}[/]",
+                      highlight=False)
         console.print(render_trace(spans, op.invoke["trace_id"], faults))
 
 
@@ -241,7 +286,8 @@ def grade_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
               submissions: Path = typer.Argument(..., help="folder (or archive) of submissions: folders, git clones, "
                                                  "zip/tar archives; GitHub Classroom and Gradescope exports as they are"),
               out: Path = typer.Option(..., "--out", "-o", help="folder for every student's reports and the class CSV"),
-              jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="runs at once (each needs ~1 core, <1 GB)"),
+              jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="runs at once; a run mostly waits (~0.2 core, ~0.5 GB each), so more "
+                                                           "than the cores is fine (docs/instructors.md)"),
               force: bool = typer.Option(False, help="grade again what an earlier run already graded"),
               repeat: int = typer.Option(1, min=1, help="grade each submission N times: pass rate per check"),
               runtime: str = RuntimeOpt,
@@ -269,15 +315,19 @@ def grade_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
         failed = ", ".join(c["id"] for c in checks if c.get("state") in ("FAIL", "ERROR")) or "-"
         if checks and all(c.get("state") == "ERROR" for c in checks):  # nothing ran: say why instead
             failed = f"not graded: {checks[0].get('message', '')}"
-        table.add_row(name, f"{report.get('score', 0):g}/{report.get('max_score', 0):g}", failed)
+        table.add_row(markup_safe(name), f"{report.get('score', 0):g}/{report.get('max_score', 0):g}",
+                      markup_safe(failed, multiline=True))
     console.print(table)
-    console.print(f"class table: {out / 'class.csv'}; per student: {out}/<student>/ (report.json, report.html, "
+    console.print(f"class table: {out / 'class.csv'}; per student: {out / 'students'}/<student>/ (report.json, report.html, "
                   f"results.json, classroom.json, junit.xml); summary: {out / 'summary.json'}", highlight=False)
+    for names in result.identical():
+        console.print(f"[yellow]identical submissions:[/] {', '.join(names)} (the same files; summary.json: identical_to)",
+                      highlight=False)
     if repeat > 1:
         flaky = [(name, cid, passed, runs) for name, rates in sorted(result.pass_rates().items())
                  for cid, (passed, runs) in rates.items() if runs and 0 < passed < runs]
         for name, cid, passed, runs in flaky:
-            console.print(f"[yellow]flaky:[/] {name} {cid} passed {passed}/{runs} runs", highlight=False)
+            console.print(f"[yellow]flaky:[/] {markup_safe(name)} {cid} passed {passed}/{runs} runs", highlight=False)
         console.print(f"pass rates: {out / 'pass-rates.csv'}; a replay command per failure in summary.json")
 
 

@@ -11,6 +11,8 @@ import importlib
 import json
 import random
 import secrets
+import shutil
+import tempfile
 import time
 import traceback
 from contextlib import ExitStack
@@ -29,10 +31,11 @@ from .launch import Service, ServiceFailed, launch_services
 from .nemesis.proxy import TcpProxy
 from .otlp import OtlpReceiver
 from .report import RunReport
-from .scenario import fault_summary, judge
+from .scenario import fault_summary, judge, only_of
 from .stack import Namespace, Stack, StackError, make_stack
 from .stack.procs import free_port
 from .supervisor import Supervisor
+from .untrusted import copy_tree, links_out
 from .wait import WaitTimeout, wait_until
 from .workloads.http import HttpWorkload
 
@@ -64,6 +67,7 @@ class Run:
     notes: list[str] = field(default_factory=list)
     say: Callable[[str], None] = lambda message: None
     state: dict[str, Any] = field(default_factory=dict)  # the scenario's own objects (clients, workloads)
+    only: tuple[str, ...] = ()  # `labkit check --only`: play just what these checks need
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -165,17 +169,26 @@ def prepare(lab: Lab, submission: Path, runtime: str, seed: int, out_dir: Path, 
     receiver = OtlpReceiver(history, grpc=False).start()
     resources.callback(receiver.stop)
     env.update(receiver.env(schedule_delay_ms=span_delay_ms))
-    box = None
+    box, graded = None, submission
     if isolated:  # untrusted code: own uid, namespaces, limits (grader/sandbox); closed after the services
         from .sandbox import Sandbox
 
         box = resources.enter_context(Sandbox(submission, expose=expose))
-    services = launch_services(lab.services, submission, env, out_dir / "logs", sandbox=box)
+        left_out = box.notes  # its private copy holds no link out of the submission
+    else:
+        left_out = links_out(submission)
+        if left_out:  # never run code through a link out of the submission: run a copy without them
+            graded = Path(tempfile.mkdtemp(prefix="labkit-submission-")) / "submission"
+            resources.callback(shutil.rmtree, graded.parent, True)
+            left_out = copy_tree(submission, graded)
+    services = launch_services(lab.services, graded, env, out_dir / "logs", sandbox=box)
     for service in services.values():
         resources.callback(service.stop)
     run = Run(lab, submission, seed, stack, ns, services, out_dir, proxies, history=history, say=say)
     history.record("note", "grader", message=f"seed {seed}", seed=seed, lab=lab.id, secret=run.secret,
                    wall_t0_ns=time.time_ns() - int(history.elapsed() * 1e9))
+    for note in left_out:
+        run.note(note)
     resources.callback(run.close)
     resources.callback(Supervisor(run).start().stop)  # stops first: services are then stopped for good
     return run
@@ -194,10 +207,12 @@ def scenario_of(lab: Lab):
 
 def grade(lab: Lab, submission: Path, runtime: str = "auto", seed: int | None = None,
           out_dir: Path | None = None, say: Callable[[str], None] = lambda m: None,
-          stack: Stack | None = None, isolated: bool = False, expose: tuple[str, ...] = ()) -> RunReport:
+          stack: Stack | None = None, isolated: bool = False, expose: tuple[str, ...] = (),
+          only: tuple[str, ...] = ()) -> RunReport:
     """Play the lab's scenario against a submission and judge it. Never raises for learner bugs.
     `isolated`: run the submission in the sandbox (`labkit grade`); `expose`: reference packages
-    it may import there (only the kit's own mutants, which reuse the reference)."""
+    it may import there (only the kit's own mutants, which reuse the reference). `only`: check ids
+    to judge, playing only the phases they need (grader.scenario.select)."""
     seed = seed if seed is not None else new_seed()
     out_dir = (out_dir or Path("results") / lab.id).resolve()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -209,6 +224,7 @@ def grade(lab: Lab, submission: Path, runtime: str = "auto", seed: int | None = 
         try:
             run = prepare(lab, submission, runtime, seed, out_dir, resources, say, stack=stack, isolated=isolated,
                           expose=expose)
+            run.only = tuple(only)
             importlib.import_module(lab.scenario).run(run)
         except ServiceFailed as e:
             failure = f"a service failed: {e}"
@@ -230,7 +246,7 @@ def grade(lab: Lab, submission: Path, runtime: str = "auto", seed: int | None = 
     report = report_from_history(lab, history, submission, seed, run.stack.runtime if run else runtime, started,
                                  time.monotonic() - t0, failure)
     if run is not None:
-        report.logs = {name: s.log_tail() for name, s in run.services.items()}
+        report.logs = {name: s.log_tail(200) for name, s in run.services.items()}  # room to drop client noise
         report.crashed = [name for name, s in run.services.items() if s.died_on_its_own]
     return report
 
@@ -247,4 +263,4 @@ def report_from_history(lab: Lab, history: History, submission: Path | str, seed
              and not str(e.data["message"]).startswith("seed ")]
     return RunReport(lab=lab.id, title=lab.title, submission=str(submission), seed=seed, runtime=runtime,
                      started_at=started, duration=duration, results=results, notes=notes,
-                     faults=fault_summary(history))
+                     faults=fault_summary(history), only=only_of(history))

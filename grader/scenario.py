@@ -92,8 +92,6 @@ class Nemesis:
             self._stop.wait(0.2)
 
     def _play(self, steps: list[At]) -> None:
-        for step, nxt in zip(steps, steps[1:]):  # lets a restarting fault prepare the next one (pre-arming)
-            step.fault.successor = nxt.fault
         try:
             for step in steps:
                 while not self._due(step):
@@ -137,15 +135,33 @@ class Phase:
     step: Callable[["Run", PhaseContext], None]
     nemesis: list[list[At]] | Callable[["Run"], list[list[At]]] = field(default_factory=list)  # or drawn per run
     max_seconds: float = 120  # the workload step is told to stop after this; faults are then stopped too
+    # What `labkit check --only CHECK` selects phases by: the fault kinds the phase injects (those of a
+    # static nemesis list are found without saying), the checks its workload exists for, and whether
+    # every run needs it (starting the services, settling and observing).
+    injects: tuple[str, ...] = ()
+    serves: tuple[str, ...] = ()
+    always: bool = False
+
+    def kinds(self) -> set[str]:
+        static = [] if callable(self.nemesis) else [step.fault.kind for steps in self.nemesis for step in steps]
+        return {*self.injects, *static}
+
+    @property
+    def declared(self) -> bool:
+        return bool(self.injects or self.serves or self.always or not callable(self.nemesis) and self.nemesis)
 
 
 @dataclass
 class Check:
     """A checker (a pure function of the history) and the faults it needs to mean anything:
-    (kind, target) pairs that must all have bitten, else the check is SKIP with the reason."""
+    (kind, target) pairs that must all have bitten, else the check is SKIP with the reason. And the
+    events its bug needs (grader/checks/events.py: each a function of the history returning None
+    if the event happened, else why not): a fault that bit while nothing it could expose was going on
+    proves nothing either, so a missing event is SKIP too, never a vacuous PASS."""
 
     fn: Callable[..., CheckResult]
     needs: list[tuple[str, str | None]] = field(default_factory=list)
+    events: list[Callable[[History], str | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -156,6 +172,53 @@ class Scenario:
     observers: list[Callable[["Run", threading.Event], None]] = field(default_factory=list)  # sample until set
 
 
+@dataclass
+class Selection:
+    """The phases `--only` runs for some checks, and a sentence saying so."""
+
+    phases: list[Phase]
+    checks: list[str]
+    message: str
+
+
+def select(scenario: Scenario, only: list[str] | tuple[str, ...]) -> Selection:
+    """The phases the checks `only` need: the ones injecting a fault kind they need, the ones serving
+    them, and the ones every run needs. A lab whose phases do not say what they inject runs them all
+    (and says so): running less than a check needs would turn its verdict into a guess."""
+    unknown = [c for c in only if c not in scenario.checks]
+    if unknown:
+        raise ValueError(f"no check {', '.join(unknown)} (known: {', '.join(scenario.checks)})")
+    kinds = {kind for c in only for kind, _ in scenario.checks[c].needs}
+    unplaced = [c for c in only if not scenario.checks[c].needs and not any(c in p.serves for p in scenario.phases)]
+    if not all(p.declared for p in scenario.phases) or unplaced:
+        why = ("this lab's phases do not declare their faults" if not all(p.declared for p in scenario.phases)
+               else f"no phase says it serves {', '.join(unplaced)}")
+        return Selection(list(scenario.phases), list(only),
+                         f"--only {', '.join(only)}: {why}, so all phases run; only the chosen checks are judged")
+    chosen = [p for p in scenario.phases if p.always or p.kinds() & kinds or set(p.serves) & set(only)]
+    skipped = [p.name for p in scenario.phases if p not in chosen]
+    return Selection(chosen, list(only),
+                     f"--only {', '.join(only)}: {len(chosen)} of {len(scenario.phases)} phases run"
+                     + (f" (left out: {'; '.join(skipped)})" if skipped else "")
+                     + "; only the chosen checks are judged, so the score is not a grade")
+
+
+def undeclared_faults(scenario: Scenario, history: History) -> list[str]:
+    """Faults a run injected in a phase that does not declare their kind (`Phase.injects`): what
+    `--only` would then wrongly leave out. Empty for a lab whose phases declare nothing (all run)."""
+    if not all(p.declared for p in scenario.phases):
+        return []
+    phases = {p.name: p for p in scenario.phases}
+    current, wrong = None, []
+    for e in history.events():
+        if e.kind == "note" and e.data.get("phase") in phases:
+            current = phases[e.data["phase"]]
+        elif e.kind == "fault" and e.data.get("phase") in ("start", "unavailable") and current is not None:
+            if e.data.get("fault") not in current.kinds():
+                wrong.append(f"{e.data.get('fault')} in phase {current.name!r}")
+    return sorted(set(wrong))
+
+
 def play(scenario: Scenario, run: "Run") -> None:
     """Run each phase: its nemesis in the background, its workload step in the foreground; the
     scenario's observers sample in the background for the whole play."""
@@ -164,16 +227,22 @@ def play(scenario: Scenario, run: "Run") -> None:
                 for i, observer in enumerate(scenario.observers)]
     for w in watchers:
         w.start()
+    phases = scenario.phases
+    if getattr(run, "only", ()):
+        selection = select(scenario, run.only)
+        phases = selection.phases
+        run.history.record("note", "grader", message=selection.message, only=selection.checks)
+        run.say(selection.message)
     try:
-        _play_phases(scenario, run)
+        _play_phases(phases, run)
     finally:
         done.set()
         for w in watchers:
             w.join(10)
 
 
-def _play_phases(scenario: Scenario, run: "Run") -> None:
-    for phase in scenario.phases:
+def _play_phases(phases: list[Phase], run: "Run") -> None:
+    for phase in phases:
         run.say(phase.name)
         run.history.record("note", "grader", message=f"phase {phase.name}", phase=phase.name)
         started = time.monotonic()
@@ -193,10 +262,18 @@ def _play_phases(scenario: Scenario, run: "Run") -> None:
             nemesis.finish()
 
 
+def only_of(history: History) -> list[str]:
+    """The checks a `--only` run chose (recorded in its history), or [] for a full run."""
+    return next((list(e.data["only"]) for e in history.events("note") if e.data.get("only")), [])
+
+
 def judge(lab: "Lab", scenario: Scenario, history: History) -> list[CheckResult]:
-    """Every check of lab.toml, judged from the history alone (SKIP when its faults did not bite)."""
+    """Every check of lab.toml (those a `--only` run chose), judged from the history alone (SKIP
+    when its faults did not bite)."""
     results = []
-    for spec in lab.checks:
+    only = only_of(history)
+    checks = [spec for spec in lab.checks if not only or spec.id in only]
+    for spec in checks:
         args = {"id": spec.id, "title": spec.title or spec.id, "max_points": spec.points, "hint": spec.hint or None}
         check = scenario.checks.get(spec.id)
         if check is None:
@@ -204,9 +281,10 @@ def judge(lab: "Lab", scenario: Scenario, history: History) -> list[CheckResult]
                                              "this lab's scenario has no checker for it (a grader bug)"))
             continue
         missing = [why_not(history, kind, target) for kind, target in check.needs if not happened(history, kind, target)]
+        if not missing:
+            missing = [why for event in check.events if (why := event(history))]
         if missing:
-            results.append(CheckResult.skip(args["id"], args["title"], spec.points,
-                                            "not verified: " + "; ".join(missing)))
+            results.append(CheckResult.skip(args["id"], args["title"], spec.points, skip_message(missing)))
             continue
         started = time.monotonic()
         try:
@@ -216,9 +294,40 @@ def judge(lab: "Lab", scenario: Scenario, history: History) -> list[CheckResult]
                                        f"the grader's checker failed ({type(e).__name__}: {e}); not your code")
         result.duration = time.monotonic() - started
         results.append(result)
-    for result, spec in zip(results, lab.checks):
+    for result, spec in zip(results, checks):
         result.visibility = spec.visibility
     return results
+
+
+class _Reading(History):
+    """The same events, noting which observation kinds the checks ask for."""
+
+    def __init__(self, history: History) -> None:
+        super().__init__()
+        self._events = history.events()
+        self.read: set[str] = set()
+
+    def observations(self, what: str) -> list:
+        self.read.add(what)
+        return super().observations(what)
+
+
+def unread_observations(lab: "Lab", scenario: Scenario, history: History) -> set[str]:
+    """Observation kinds the history holds that no check of the lab reads (judged as `judge` does):
+    evidence the grader gathers must prove some invariant (a lab README's "What the grader checks")."""
+    reading = _Reading(history)
+    judge(lab, scenario, reading)
+    return {e.data.get("what") for e in history.events("observe")} - reading.read
+
+
+def skip_message(missing: list[str]) -> str:
+    """Why a check could not be verified, and whose doing that was: the runtime lacking a fault (not
+    the submission's), or the run never reaching it / the fault not biting (the submission's: it
+    crashed, stalled or exited before the fault, or the process was already gone)."""
+    runtime = all(" not injected: " in m for m in missing)
+    cause = ("this runtime cannot inject it (not your submission)" if runtime else
+             "your submission did not get there or was already down (a crash, a stall or an exit before the fault)")
+    return f"not verified, 0 points: {cause}: " + "; ".join(missing)
 
 
 def fault_summary(history: History) -> list[dict]:

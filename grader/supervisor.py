@@ -36,18 +36,21 @@ class Supervisor:
     def _watch(self) -> None:
         while not self._stop.wait(self.interval):
             for name, service in self.run.services.items():
-                code = service.exit_code()
-                if not service.supervised or service.proc is None or code is None or code == SIGKILLED:
+                proc, code = service.proc, service.exit_code()
+                if not service.supervised or proc is None or code is None or code == SIGKILLED:
                     continue
-                service.supervised = False  # handled: one observation and one restart per exit
-                service.died_on_its_own = True
-                n = self.restarts[name] = self.restarts.get(name, 0) + 1
-                self.run.history.observe("exit", service=name, code=code, restart=n <= MAX_RESTARTS)
-                if n > MAX_RESTARTS:
-                    self.run.note(f"{name} exited by itself (code {code}) {n} times; leaving it down")
-                    continue
-                self.run.note(f"{name} exited by itself (code {code}); the supervisor starts it again")
-                try:
-                    service.start()  # unarmed: a planned crash belongs to its fault
-                except Exception as e:  # a service that cannot even start is reported, not fatal here
-                    self.run.note(f"{name} could not be started again: {e}")
+                with service.lifecycle:  # a fault's restart may own the next life already
+                    if service.proc is not proc or not service.supervised:
+                        continue
+                    service.supervised = False  # handled: one observation and one restart per exit
+                    service.died_on_its_own = True
+                    n = self.restarts[name] = self.restarts.get(name, 0) + 1
+                    self.run.history.observe("exit", service=name, code=code, restart=n <= MAX_RESTARTS)
+                    if n > MAX_RESTARTS:
+                        self.run.note(f"{name} exited by itself (code {code}) {n} times; leaving it down")
+                        continue
+                    self.run.note(f"{name} exited by itself (code {code}); the supervisor starts it again")
+                    try:
+                        service.start_after(proc)  # unarmed: a planned crash belongs to its fault
+                    except Exception as e:  # a service that cannot even start is reported, not fatal here
+                        self.run.note(f"{name} could not be started again: {e}")

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from grader import cli
 from grader.batch import bundle
-from grader.batch.archive import Limits, UnsafeArchive, extract
-from grader.batch.discover import discover, fingerprint, materialize, service_root
+from grader.archive import Limits, UnsafeArchive, extract
+from grader.batch.discover import _unique, discover, fingerprint, materialize, safe_name, service_root
 from grader.batch.run import ClassResult, RunOutcome
 from grader.lab import REPO_ROOT, find_lab
 
@@ -96,11 +96,75 @@ def test_archive_caps_what_it_unpacks(tmp_path):
     with pytest.raises(UnsafeArchive, match="larger than"):
         extract(bomb, tmp_path / "out", Limits(file_bytes=1 << 20))
     many = zip_of(tmp_path / "many.zip", {f"f{i}.py": b"x" for i in range(20)})
-    with pytest.raises(UnsafeArchive, match="more than 10 files"):
+    with pytest.raises(UnsafeArchive, match="more than 10 entries"):
         extract(many, tmp_path / "out2", Limits(files=10))
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(UnsafeArchive, match="cannot read"):
         extract(tmp_path / "broken.zip", tmp_path / "out3")
+
+
+def _tar_header(name: str, size: int, kind: bytes = tarfile.REGTYPE) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.type = size, kind
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+def test_archive_refuses_a_huge_tar_header_before_reading_it(tmp_path):
+    """A pax header declaring 1.5 GiB (a few KiB once compressed) is refused from its declared size."""
+    import bz2
+
+    path = tmp_path / "pax.tar.bz2"
+    with bz2.open(path, "wb") as f:
+        f.write(_tar_header("././@PaxHeader", 3 << 29, tarfile.XHDTYPE))
+        f.write(b"0" * (1 << 20))  # the header's start; the rest never comes
+    with pytest.raises(UnsafeArchive, match="tar header extension"):
+        extract(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_archive_refuses_a_member_declaring_more_than_the_cap(tmp_path):
+    """A member declaring 8 GiB is refused at its header, not after decompressing 8 GiB to skip it."""
+    import bz2
+
+    path = tmp_path / "big.tar.bz2"
+    with bz2.open(path, "wb") as f:
+        f.write(_tar_header("order_api/__main__.py", 8 << 30))
+        f.write(b"\0" * 4096)
+    with pytest.raises(UnsafeArchive, match="declares 8589934592 bytes"):
+        extract(path, tmp_path / "out")
+
+
+def test_archive_unpacking_has_a_deadline(tmp_path):
+    archive = zip_of(tmp_path / "alice.zip", {"order_api/__main__.py": b"x"})
+    with pytest.raises(UnsafeArchive, match="took longer than"):
+        extract(archive, tmp_path / "out", Limits(seconds=0.001))
+    assert not (tmp_path / "out").exists()
+
+
+def test_archive_counts_folders_as_entries(tmp_path):
+    path = tmp_path / "dirs.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(60):
+            zf.writestr(zipfile.ZipInfo(f"d{i}/"), b"")
+    with pytest.raises(UnsafeArchive, match="more than 50 entries"):
+        extract(path, tmp_path / "out", Limits(files=50))
+
+
+def test_archive_unpacks_in_a_child_limited_in_memory(tmp_path):
+    """With the header cap lifted, a 200 MiB pax header meets the child's memory limit: refused, and
+    the batch's own process never held it."""
+    import gzip
+
+    path = tmp_path / "pax.tar.gz"
+    size = 200 << 20
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(_tar_header("././@PaxHeader", size, tarfile.XHDTYPE))
+        chunk = b"9" * (1 << 20)
+        for _ in range(size >> 20):
+            f.write(chunk)
+    with pytest.raises(UnsafeArchive, match="memory|killed"):
+        extract(path, tmp_path / "out", Limits(header_bytes=1 << 40, memory=128 << 20))
+    assert not (tmp_path / "out").exists()
 
 
 # --- discovery --------------------------------------------------------------------------------
@@ -115,7 +179,7 @@ def test_discovers_folders_git_clones_and_archives(tmp_path, lab):
     subs = discover(root, lab, tmp_path / "work")
     assert [(s.name, s.kind) for s in subs] == [("alice", "folder"), ("bob", "git"), ("carol", "archive")]
     assert materialize(subs[1], lab, tmp_path / "work") == root / "bob" / "src"
-    assert materialize(subs[2], lab, tmp_path / "work") == tmp_path / "work" / "carol" / "carol"
+    assert materialize(subs[2], lab, tmp_path / "work") == tmp_path / "work" / "carol" / fingerprint(subs[2])[:16] / "carol"
 
 
 def test_discovers_a_github_classroom_export(tmp_path, lab):
@@ -161,6 +225,128 @@ def test_fingerprint_changes_with_the_submission(tmp_path, lab):
     assert fingerprint(sub) != before
 
 
+# --- links: never followed out of a submission ----------------------------------------------
+
+HOSTILE = REPO_ROOT / "tests" / "hostile"
+
+
+def test_links_out_of_a_submission_are_never_followed(tmp_path, lab):
+    """tests/hostile/links_out (the kit's reference through /proc/self/cwd, a classmate through `..`, a
+    link to a link) and `src -> /proc/self/cwd/services`: neither is graded as the reference."""
+    from grader.untrusted import copy_tree
+
+    root = tmp_path / "class"
+    services(root / "correct")
+    shutil.copytree(HOSTILE / "links_out", root / "links_out", symlinks=True)
+    (root / "src_only").mkdir()
+    (root / "src_only" / "src").symlink_to("/proc/self/cwd/services")
+    subs = {s.name: s for s in discover(root, lab, tmp_path / "work")}
+    assert set(subs) == {"correct", "links_out", "src_only"}
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)  # where /proc/self/cwd leads to the kit's reference
+    try:
+        for name in ("links_out", "src_only"):
+            folder = materialize(subs[name], lab, tmp_path / "work")
+            assert folder == root / name, "a folder reached through a link is never the service root"
+            notes = copy_tree(folder, tmp_path / "copy" / name)
+            assert [p.name for p in (tmp_path / "copy" / name).iterdir()] == []
+            assert notes and all("a link out of the submission" in n for n in notes), notes
+    finally:
+        os.chdir(cwd)
+    assert any("'../correct/read_model'" in n for n in copy_tree(root / "links_out", tmp_path / "again"))
+
+
+def test_links_inside_a_submission_are_kept_as_links(tmp_path):
+    from grader.untrusted import copy_tree, resolves_inside
+
+    sub = services(tmp_path / "sub")
+    (sub / "lib").mkdir()
+    (sub / "lib" / "util.py").write_text("X = 1\n")
+    links = {"util.py": "lib/util.py", "here": "lib/..", "dl": "lib", "up": "dl/../..", "chain": "hop",
+             "hop": "/etc/passwd", "loop": "loop", "abs": str(sub / "lib"), "classmate": "../bob"}
+    for name, target in links.items():
+        (sub / name).symlink_to(target)
+    inside = {name for name in links if resolves_inside(sub, sub / name)}
+    assert inside == {"util.py", "here", "dl"}
+    notes = copy_tree(sub, tmp_path / "copy")
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == sorted(["order_api", "read_model", "lib", *inside])
+    assert os.readlink(tmp_path / "copy" / "util.py") == "lib/util.py"
+    assert (tmp_path / "copy" / "util.py").read_text() == "X = 1\n"  # resolves inside the copy
+    assert len(notes) == len(links) - len(inside)
+
+
+def test_a_submission_given_as_a_link_is_refused_with_a_row(tmp_path, lab):
+    from grader.untrusted import Refused
+
+    services(tmp_path / "elsewhere" / "bob")
+    (tmp_path / "class").mkdir()
+    services(tmp_path / "class" / "alice")
+    (tmp_path / "class" / "bob").symlink_to(tmp_path / "elsewhere" / "bob")
+    subs = {s.name: s for s in discover(tmp_path / "class", lab, tmp_path / "work")}
+    assert subs["bob"].kind == "link"
+    with pytest.raises(Refused, match="is a link"):
+        materialize(subs["bob"], lab, tmp_path / "work")
+
+
+def test_fingerprint_hashes_links_by_their_text(tmp_path, lab):
+    sub = services(tmp_path / "alice")
+    (sub / "ref").symlink_to("/etc")
+    (s,) = discover(sub, lab, tmp_path / "work")
+    before = fingerprint(s)
+    (sub / "ref").unlink()
+    (sub / "ref").symlink_to("/usr")
+    assert fingerprint(s) != before
+
+
+def test_a_resubmitted_archive_is_unpacked_again(tmp_path, lab):
+    root = tmp_path / "class"
+    root.mkdir()
+    zip_of(root / "bob.zip", {"order_api/__main__.py": b"v1", "read_model/__main__.py": b"v1"})
+    (sub,) = discover(root, lab, tmp_path / "work")
+    first = materialize(sub, lab, tmp_path / "work", fingerprint(sub))
+    assert (first / "order_api" / "__main__.py").read_bytes() == b"v1"
+    zip_of(root / "bob.zip", {"order_api/__main__.py": b"v2", "read_model/__main__.py": b"v2"})
+    second = materialize(sub, lab, tmp_path / "work", fingerprint(sub))
+    assert second != first and (second / "order_api" / "__main__.py").read_bytes() == b"v2"
+    assert not first.exists(), "the earlier version's unpacking is removed"
+    assert materialize(sub, lab, tmp_path / "work") == second  # unpacked once per version
+
+
+# --- names --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, safe", [("summary.json", "summary.json"), ("..", "submission"), ("...", "submission"),
+                                       ("a/b\\c", "a_b_c"), ("\x1b]0;pwned\x07bob", "0_pwned_bob"),
+                                       ("\u202eevil", "evil"), ("-rf", "rf"), ("=HYPERLINK(1)", "HYPERLINK_1"),
+                                       ("José Núñez", "José_Núñez"), ("", "submission")])
+def test_student_names_are_safe_folder_names(raw, safe):
+    assert safe_name(raw) == safe
+    assert len(safe_name("é" * 200).encode()) <= 80
+
+
+def test_student_names_are_unique_without_case():
+    assert _unique(["bob", "Bob", "bob-2", "alice"]) == ["bob", "Bob-3", "bob-2", "alice"]
+
+
+def test_students_named_after_the_batchs_own_files_cannot_break_it(tmp_path):
+    """`summary.json.zip` and `class.csv.zip`: student folders live under students/, the batch's files
+    beside it; --out is the instructor's alone (0700, files 0600). Both archives are refused (cheap: no
+    run), which still writes each a row and a folder."""
+    (tmp_path / "class").mkdir()
+    for name in ("summary.json", "class.csv"):
+        zip_of(tmp_path / "class" / f"{name}.zip", {"../escape.py": b"x"})
+    out = tmp_path / "graded"
+    result = CliRunner().invoke(cli.app, ["grade", "lab-1", str(tmp_path / "class"), "--out", str(out),
+                                          "--runtime", "native", "--trust-submissions"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["students"].keys() == {"summary.json", "class.csv"}
+    assert (out / "students" / "summary.json" / "report.json").is_file()
+    assert len((out / "class.csv").read_text().splitlines()) == 3
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700 and stat.S_IMODE((out / "students").stat().st_mode) == 0o700
+    for path in [out / "summary.json", out / "class.csv", *(out / "students").rglob("*")]:
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
 # --- repeat: pass rates -----------------------------------------------------------------------
 
 def test_pass_rates_count_runs_per_check(tmp_path):
@@ -193,14 +379,14 @@ def test_repeat_grades_each_submission_n_times_with_a_replay_per_failure(tmp_pat
     result = CliRunner().invoke(cli.app, ["grade", "lab-1", str(tmp_path / "class"), "--out", str(out), "--repeat", "2",
                                           "--runtime", "native", "--trust-submissions"])
     assert result.exit_code == 0, result.output
-    assert (out / "broken" / "runs" / "2" / "report.json").exists()
+    assert (out / "students" / "broken" / "runs" / "2" / "report.json").exists()
     rates = (out / "pass-rates.csv").read_text().splitlines()
     assert rates[1].startswith("broken,0.00,")
     summary = json.loads((out / "summary.json").read_text())["students"]["broken"]
     assert summary["runs"] == 2 and len(summary["failures"]) == 2 * len(find_lab("lab-1").checks)
     assert {f["run"] for f in summary["failures"]} == {1, 2}
     assert all("--seed" in f["replay"] for f in summary["failures"])
-    assert json.loads((out / "broken" / "repeat.json").read_text())["runs"] == 2
+    assert json.loads((out / "students" / "broken" / "repeat.json").read_text())["runs"] == 2
 
 
 # --- bundles ----------------------------------------------------------------------------------
@@ -298,7 +484,7 @@ def test_stopping_the_batch_stops_its_runs_and_leaves_them_ungraded(tmp_path, ho
         except psutil.NoSuchProcess:
             return False
     wait_until(lambda: not any(alive(p) for p in workers), 60, "the run's processes to stop")
-    assert not (out / "slow" / "meta.json").exists() and not (out / "slow" / "report.json").exists()
+    assert not (out / "students" / "slow" / "meta.json").exists() and not (out / "students" / "slow" / "report.json").exists()
 
 
 def test_a_refused_archive_gets_a_row_that_says_why(tmp_path):
@@ -309,7 +495,7 @@ def test_a_refused_archive_gets_a_row_that_says_why(tmp_path):
     result = CliRunner().invoke(cli.app, ["grade", "lab-1", str(tmp_path / "class"), "--out", str(out),
                                           "--runtime", "native", "--trust-submissions"])
     assert result.exit_code == 0, result.output
-    report = json.loads((out / "mallory" / "report.json").read_text())
+    report = json.loads((out / "students" / "mallory" / "report.json").read_text())
     assert report["score"] == 0 and "the archive was refused" in report["checks"][0]["message"]
     assert not (tmp_path / "escape.py").exists() and not list(tmp_path.rglob("escape.py"))
     assert "mallory" in (out / "class.csv").read_text()
@@ -325,3 +511,83 @@ def test_bundle_command(tmp_path):
     again = runner.invoke(cli.app, ["bundle", "--student", str(tmp_path / "kit")])
     assert again.exit_code == 2 and "exists" in again.output
     assert runner.invoke(cli.app, ["bundle", "lab-1", str(tmp_path / "x")]).exit_code == 2
+
+
+def test_identical_submissions_are_flagged():
+    from grader.batch.run import ClassResult
+
+    result = ClassResult(Path("graded"), contents={"alice": "d1", "bob": "d1", "carol": "d2", "dan": "d1"})
+    assert result.identical() == [["alice", "bob", "dan"]]
+
+
+def test_eta_comes_from_the_batch_pace_even_one_run_at_a_time():
+    from rich.progress import Progress
+
+    from grader.batch.run import EtaColumn
+
+    clock = [0.0]
+    column = EtaColumn()
+    with Progress(column, get_time=lambda: clock[0], disable=True) as progress:
+        task = progress.add_task("grading", total=5, completed=1, initial=1)  # one graded by an earlier call
+        assert column.render(progress.tasks[task]).plain == "-:--:--"
+        clock[0] = 60.0
+        progress.advance(task)
+        assert column.render(progress.tasks[task]).plain == "0:03:00"  # 3 left at 60 s each
+
+
+def test_the_worker_starts_without_a_runpy_warning():
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "grader.batch.worker", "--help"],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and "RuntimeWarning" not in done.stderr, done.stderr
+
+
+def test_junit_replay_names_the_submission(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from grader.batch.outputs import error_report, replay_command, write_all
+    from grader.lab import find_lab
+
+    lab = find_lab("lab-1")
+    report = error_report(lab, tmp_path / "alice", "did not start", "native", seed=7)
+    write_all(report, tmp_path / "out", {"replay": replay_command(lab, tmp_path / "alice", 7, "native")})
+    props = {p.get("name"): p.get("value") for p in ET.parse(tmp_path / "out" / "junit.xml").getroot().iter("property")}
+    assert f"--submission {tmp_path / 'alice'}" in props["replay"]
+    assert f"--submission {tmp_path / 'alice'}" in report.replay_command()
+
+
+def _kit_docs(kit: Path) -> list[Path]:
+    return [kit / "README.md", *sorted(kit.glob("labs/*/README.md"))]
+
+
+def test_student_kit_readmes_commands_run_and_point_at_what_the_kit_has(student_kit):
+    """Every `make ...` / `labkit ...` its READMEs offer works in the kit (targets dry-run, labkit commands
+    that need no stack run, the others parse), and every path they name is in the kit - no reference
+    solution, test, benchmark or mutant of the full kit."""
+    import re
+    import shlex
+
+    text = "\n".join(p.read_text() for p in _kit_docs(student_kit))
+    commands = set(re.findall(r"^(make [^#\n]*?|\.venv/bin/labkit [^#\n]*?)\s*(?:#.*)?$", text, re.M))
+    commands |= set(re.findall(r"`((?:make|\.venv/bin/labkit) [^`]+)`", text))
+    assert any(c.startswith("make check-") for c in commands) and any("labkit report" in c for c in commands)
+    env = {**os.environ, "PYTHONPATH": str(student_kit)}
+    for command in sorted(commands):
+        words = [w for w in shlex.split(command.replace("N", "1").replace("[", "").replace("]", ""))
+                 if not w.startswith("path/") and w != "|"]
+        if words[0] == "make":
+            assert not {"test", "bench"} & set(words), f"the kit has no tests or benchmarks: {command}"
+            dry = subprocess.run(["make", "-n", *words[1:]], cwd=student_kit, capture_output=True, text=True, timeout=60)
+            assert dry.returncode == 0, f"{command}: {dry.stderr}"
+            continue
+        sub = [w for w in words[1:] if not w.startswith(("-", "results/", "$"))][:1]
+        argv = [sys.executable, "-c", "import sys; from grader.cli import app; sys.argv[0] = 'labkit'; app()", *sub]
+        argv += [] if sub == ["labs"] else ["--help"]  # the others need a stack or a saved run
+        done = subprocess.run(argv, cwd=student_kit, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{command}: {done.stderr[-1500:]}"
+    named = set(re.findall(r"`((?:services|tests|labs|compose|grader|docs)/[^`\s<>*]*)", text))
+    named |= set(re.findall(r"\((?:\./)?((?:services|tests|docs|grader)/[^)\s]+)\)", text))
+    missing = [p for p in sorted(named) if "lab-N" not in p and not (student_kit / p.rstrip("/")).exists()]
+    assert not missing, f"the kit's READMEs name what the kit does not have: {missing}"
+    mutants = {p.name for p in (REPO_ROOT / "tests" / "mutants").glob("*/*") if p.is_dir()}
+    named_mutants = [m for m in mutants if re.search(rf"\b{m}\b(?!=)", text)]  # `auto_ack=True` is pika's
+    assert not named_mutants, "a mutant's name gives its bug away"

@@ -96,6 +96,36 @@ def test_supervisor_restarts_a_service_that_exits_and_records_the_exit(tmp_path)
     assert service.died_on_its_own and service.restarts == 0  # started again, not "restarted" by a fault
 
 
+def test_one_owner_per_life_when_the_supervisor_and_a_fault_restart_race(tmp_path):
+    """A service that exits by itself while a fault restarts it: the supervisor and the fault both
+    want the next life; exactly one copy runs afterwards, and no life number is started twice."""
+    import re
+
+    import psutil
+
+    (tmp_path / "svc.py").write_text(
+        "import os, sys, time\n"
+        "if not os.path.exists('exited'):\n    open('exited', 'w').close()\n    sys.exit(3)\n"
+        "time.sleep(60)\n")
+    service = Service(ServiceSpec("svc", [sys.executable, "svc.py"]), tmp_path, {}, tmp_path)
+    run = FakeRun(services={"svc": service})
+    try:
+        for _ in range(5):
+            (tmp_path / "exited").unlink(missing_ok=True)
+            service.start()
+            supervisor = Supervisor(run, interval=0.001).start()
+            wait_until(lambda: (tmp_path / "exited").exists(), 10, "the life deciding to exit")
+            service.restart()  # a crash point's restart, racing the supervisor's start of the next life
+            supervisor.stop()  # its last round is over: nobody starts a life any more
+            running = [c.pid for c in psutil.Process().children(recursive=True)
+                       if "svc.py" in " ".join(c.cmdline()) and c.status() != psutil.STATUS_ZOMBIE]
+            assert running == [service.proc.pid], (running, service.proc.pid)
+    finally:
+        service.stop()
+    lives = re.findall(r"\(life (\d+)\)", (tmp_path / "svc.log").read_text())
+    assert len(lives) == len(set(lives)), lives
+
+
 class _Drip(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # answers one byte a second: never done within the deadline
         self.send_response(200)

@@ -12,7 +12,7 @@ import psycopg2
 import pytest
 import redis
 
-from grader.checks.cache import check_freshness, check_stampede, check_ttl_jitter
+from grader.checks.cache import check_freshness, check_lock_safety, check_stampede, check_ttl_jitter
 from grader.history import History
 from grader.nemesis import RestartServer
 from grader.nemesis.pgwire import PgTap
@@ -20,6 +20,8 @@ from grader.nemesis.proxy import TcpProxy
 from grader.observe.redis import RedisObserver, version_of
 from grader.stack import make_stack
 from grader.stack.credentials import provision_redis
+from grader.wait import wait_until
+from grader.workloads.cache_probes import LeaseKeeper
 from grader.workloads.catalog import ID_PATTERN
 
 ARGS = {"id": "x", "title": "x", "max_points": 1, "hint": None}
@@ -122,24 +124,29 @@ def test_redis_observer_reads_versions_and_ttls(native_stack):
     client.close()
 
 
-def test_redis_observer_keeps_a_products_leases_alive(native_stack):
-    """The overrun probe's lease: keys under the prefix naming the product, with a TTL, besides its
-    cache entry - not another product's, not a key without a TTL."""
+def test_the_overrun_probe_keeps_a_lock_alive_and_sees_who_deleted_it(native_stack):
+    """Locks are the keys under the prefix besides the entries (whatever their names); the lease
+    keeper renews them past their TTL - time alone never loses them - and notes a DEL at once."""
     admin = native_stack.url("redis")
     client = redis.Redis.from_url(admin)
-    client.set("lease:lock:product:p[1]", "token", px=2000)
-    client.set("lease:product:p[1]", "{}", px=2000)
-    client.set("lease:lock:product:p[2]", "token", px=2000)
-    client.set("lease:pinned:p[1]", "x")
+    client.set("lease:product:p1", "{}", px=2000)
+    client.set("lease:anything", "token", px=300)
     observer = RedisObserver(admin)
+    keeper = None
     try:
-        assert observer.extend_leases("lease:", "p[1]", "lease:product:p[1]", 60_000) == ["lease:lock:product:p[1]"]
-        assert client.pttl("lease:lock:product:p[1]") > 50_000
-        assert client.pttl("lease:product:p[1]") <= 2000 and client.pttl("lease:lock:product:p[2]") <= 2000
-        assert client.pttl("lease:pinned:p[1]") == -1
+        locks = observer.other_keys("lease:", "lease:product:")
+        assert list(locks) == ["lease:anything"] and locks["lease:anything"]["raw"] == "token"
+        keeper = LeaseKeeper(observer, {"lease:anything": "token"}, time.monotonic)
+        wait_until(lambda: client.pttl("lease:anything") > 5000, 5, "the lease renewed")
+        assert keeper.lost is None
+        client.delete("lease:anything")
+        wait_until(lambda: keeper.lost, 5, "the deletion noticed")
+        assert keeper.lost["key"] == "lease:anything" and keeper.lost["how"] == "deleted"
     finally:
+        if keeper is not None:
+            keeper.stop()
         observer.close()
-        client.delete("lease:lock:product:p[1]", "lease:product:p[1]", "lease:lock:product:p[2]", "lease:pinned:p[1]")
+        client.delete("lease:product:p1", "lease:anything")
         client.close()
 
 
@@ -167,7 +174,7 @@ def test_redis_restart_empty_gives_the_run_user_back():
 
 def get(h: History, pid: str, version: int | None, probe: str = "load", status: int = 200) -> None:
     n = h.invoke("client", "get", product=pid, probe=probe)
-    h.complete(n, "ok" if status == 200 else "info", "client", "get", status=status,
+    h.complete(n, "ok" if status == 200 else "fail" if status == 404 else "info", "client", "get", status=status,
                body={"id": pid, "version": version} if version is not None else {"error": "x"})
 
 
@@ -175,12 +182,26 @@ def test_freshness_judges_reads_sent_past_the_bound():
     h = History()
     n = h.invoke("client", "put", product="p", expected=1)
     h.complete(n, "ok", "client", "put", status=200, body={"id": "p", "version": 2})
-    get(h, "p", 1)  # at once: allowed (within the bound)
+    get(h, "p", 1)  # at once: allowed (within the bound) - and nothing could be stale yet: not judged
+    assert check_freshness(h, **ARGS).skipped
+    h._t0 -= 60  # the next reads are sent a minute later
+    get(h, "p", 2)
     assert check_freshness(h, **ARGS).passed
-    h._t0 -= 60  # the next read is sent a minute later
     get(h, "p", 1)
     result = check_freshness(h, **ARGS)
     assert not result.passed and "returned version 1" in result.evidence[0]
+
+
+def test_freshness_judges_a_404_of_a_product_created_since():
+    """A negative cache entry is invalidated too: "not found" long after the creation is stale."""
+    h = History()
+    get(h, "p", None, probe="absent", status=404)  # before it exists: fine
+    n = h.invoke("client", "put", product="p", expected=0)
+    h.complete(n, "ok", "client", "put", status=200, body={"id": "p", "version": 1})
+    h._t0 -= 12
+    get(h, "p", None, probe="created-late", status=404)
+    result = check_freshness(h, **ARGS)
+    assert not result.passed and "returned 404 (not found)" in result.evidence[0]
 
 
 def test_stampede_counts_reads_in_the_window():
@@ -202,3 +223,74 @@ def test_ttl_jitter_wants_spread_ttls():
     assert not check_ttl_jitter(h, **ARGS).passed
     h.observe("ttl-probe", t_read=t, entries={f"p{i}": {"pttl_ms": 27_000 + 600 * i, "version": 1} for i in range(10)})
     assert check_ttl_jitter(h, **ARGS).passed
+
+
+def test_lock_safety_blames_a_deleted_lock_not_a_waiters_late_read():
+    """A read of the product while the second holder's lock was intact (a waiter that gave up, late
+    on a loaded machine) is no failure; the lock deleted while its holder was mid-fill is."""
+    h = History()
+    h.observe("db-reads", reads=[[10.5, "p"], [12.9, "p"]])  # give-up reads, however late
+    h.observe("lock-overrun", product="p", t_second=9.0, locks=["ns:lock:p"], lost=None, window=[10.0, 11.0],
+              lock_ttl_seen=2.0)
+    result = check_lock_safety(h, **ARGS)
+    assert result.passed, result.evidence
+    h.observe("lock-overrun", product="p", t_second=9.0, locks=["ns:lock:p"], window=[10.0, 11.0], lock_ttl_seen=2.0,
+              lost={"key": "ns:lock:p", "t": 10.2, "now": None, "how": "deleted"})
+    result = check_lock_safety(h, **ARGS)
+    assert not result.passed and "was deleted at t=10.20s" in result.evidence[0]
+    assert "2 more read(s)" not in result.evidence[0]  # 12.9 is past the watch
+
+
+def test_lock_safety_judges_a_killed_holders_lock_by_its_ttl_not_by_a_clock():
+    h = History()
+    for _ in range(3):
+        get(h, "p", 1, probe="lock-waiter")  # answered at once here; a loaded machine may take 5.3 s
+    h.observe("lock-kill", product="p", t_kill=h.elapsed() - 5.3, locks={"ns:lock:p": 1800})
+    assert check_lock_safety(h, **ARGS).passed
+    h.observe("lock-kill", product="p", t_kill=h.elapsed(), locks={"ns:lock:p": -1})
+    result = check_lock_safety(h, **ARGS)
+    assert not result.passed and "has no TTL" in result.evidence[0]
+
+
+def test_lock_safety_wants_a_lock_per_key():
+    h = History()
+    h.observe("two-keys", product="a", other="b", locks=["ns:lock"], other_locks=[], t_other=1.0, t_read=6.1)
+    result = check_lock_safety(h, **ARGS)
+    assert not result.passed and "under no lock of its own" in result.evidence[0]
+    h.observe("two-keys", product="a", other="b", locks=["ns:lock:a"], other_locks=["ns:lock:b"],
+              t_other=1.0, t_read=1.01)
+    assert check_lock_safety(h, **ARGS).passed
+
+
+def test_lock_safety_is_skipped_when_no_probe_reached_its_event():
+    h = History()
+    h.observe("two-keys", product="a", other="b", reason="no read of a reached the database")
+    h.observe("lock-overrun", product="p", reason="the first miss never reached the database")
+    result = check_lock_safety(h, **ARGS)
+    assert result.skipped and not result.points
+
+
+def test_redis_outage_blames_reads_answered_only_at_a_hangs_heal():
+    """A Redis that takes requests and never answers: reads sent early in the hang and answered only
+    when the grader healed it were stuck on Redis (no socket timeout); a slow answer before the heal
+    is no failure, however slow."""
+    from grader.checks.cache import check_redis_outage
+
+    def hang(stuck: bool) -> History:
+        h = History()
+        h.record("fault", "nemesis", fid=1, phase="start", fault="one-way-cut", target="redis")
+        ids = [h.invoke("client", "get", product=f"p{i}", probe="load") for i in range(4)]
+        if not stuck:  # answered from the database, late (a loaded machine) but before the heal
+            h._t0 -= 4.5
+            for n in ids:
+                h.complete(n, "ok", "client", "get", status=200, body={"id": "p", "version": 1})
+        h._t0 -= 6 if stuck else 1.5
+        h.record("fault", "nemesis", fid=1, phase="end", fault="one-way-cut", target="redis", effective=True)
+        if stuck:
+            for n in ids:
+                h.complete(n, "ok", "client", "get", status=200, body={"id": "p", "version": 1})
+        return h
+
+    assert check_redis_outage(hang(False), **ARGS).passed
+    result = check_redis_outage(hang(True), **ARGS)
+    assert not result.passed and "4 of 4 GETs" in result.evidence[0] and "no socket timeout" in result.evidence[0]

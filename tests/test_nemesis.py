@@ -2,6 +2,7 @@
 each fault of grader.nemesis applied to small throwaway services."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import socketserver
@@ -28,7 +29,8 @@ from grader.lab import HttpSpec, ServiceSpec
 from grader.launch import Service, launch_services
 from grader.nemesis import (CrashPoint, Cut, Delay, Duplicates, HoldThenKill, Kill, OneWayCut, Pause,
                             ResetConnections, RestartServer, fault_events, why_not)
-from grader.nemesis.crashpoints import crash_env, crash_reached
+from grader.nemesis.boundaries import BoundarySweep, coverage, coverage_gaps, positions_of
+from grader.nemesis.crashpoints import crash_env, crash_reached, read_state
 from grader.nemesis.duplicates import inject_duplicates, read_all
 from grader.nemesis.proxy import TcpProxy
 from grader.stack import Stack, make_stack
@@ -544,31 +546,38 @@ DB_WRITER = """
 """
 
 
-def test_crash_point_kills_at_the_nth_call_and_restarts_unarmed(run, native_stack):
+def test_crash_point_is_armed_live_and_kills_at_the_nth_call_then_restarts_unarmed(run, native_stack):
+    """Armed before the writer starts (the crash site reads its arms at each call): the 3rd commit
+    of its first life is the last; arming itself starts and kills nothing."""
     url = native_stack.namespace(prefix="nem").database_url
     table = f"t_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (pid int)")
     writer = run.add("writer", DB_WRITER, url, table)
     fault = CrashPoint("writer", "db-commit", "after", nth=3, fallback_after=20)
-    assert fault.apply(run) is True
+    with fault.active(run) as running:
+        assert running and not writer.alive()  # armed, not started
+        writer.start()
+        first = writer.proc.pid
+    assert fault.effective and writer.restarts == 1  # one life ended: the planned crash
     end = run.faults()[-1][1]
-    killed = end["pid"]
-    assert end["how"] == "crash-point" and end["reached"]["nth"] == 3 and end["reached"]["pid"] == killed
-    assert writer.alive() and writer.proc.pid != killed and writer.extra_env == {}  # the new life is unarmed
+    assert end["how"] == "crash-point" and end["reached"]["nth"] == 3 and end["pid"] == first
+    assert writer.alive() and writer.proc.pid != first
+    assert json.loads(writer.arms.control.read_text()) == {"arms": []}  # the new life is unarmed
     with psycopg.connect(url) as conn:
-        assert conn.execute(f"SELECT count(*) FROM {table} WHERE pid = %s", (killed,)).fetchone()[0] == 3
+        assert conn.execute(f"SELECT count(*) FROM {table} WHERE pid = %s", (first,)).fetchone()[0] == 3
     assert "just after its database commit #3" in fault.describe()
 
 
 def test_crash_point_never_reached_becomes_a_plain_sigkill(run):
     """A service that never calls the point is killed anyway, after the bound, and says so."""
     sleeper = run.add("sleeper", SLEEPER)
+    sleeper.start()
+    killed = sleeper.proc.pid
     fault = CrashPoint("sleeper", "consumer-ack", "before", nth=1, fallback_after=1.5)
     t0 = time.monotonic()
     with fault.active(run) as running:
-        assert running
-        killed = sleeper.proc.pid
+        assert running and sleeper.proc.pid == killed  # arming is no restart
     assert time.monotonic() - t0 >= 1.5
     end = run.faults()[-1][1]
     assert end["effective"] and end["how"] == "fallback-kill" and end["pid"] == killed
@@ -677,9 +686,11 @@ def test_hold_then_kill_lets_a_background_auto_commit_through(run, native_stack)
     table = f"t_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (kafka_offset bigint)")
-    run.add("consumer", AUTO_COMMIT_CONSUMER, bootstrap, topic, group, url, table)
+    consumer = run.add("consumer", AUTO_COMMIT_CONSUMER, bootstrap, topic, group, url, table)
     fault = HoldThenKill("consumer", "db-commit", nth=3, hold=7.0, fallback_after=30, restart=False)
-    assert fault.apply(run) is True
+    with fault.active(run):  # armed first, then started: its 3rd commit is the one held
+        consumer.start()
+    assert fault.effective
     end = run.faults()[-1][1]
     assert end["how"] == "hold-then-kill" and end["reached"]["when"] == "hold"
     assert run.services["consumer"].exit_code() == -9
@@ -690,6 +701,108 @@ def test_hold_then_kill_lets_a_background_auto_commit_through(run, native_stack)
         assert c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset == 3  # the held record is "done"
     finally:
         c.close()
+
+
+CLAIM_THEN_APPLY = """
+    import sys, psycopg
+    from confluent_kafka import Consumer, TopicPartition
+    bootstrap, topic, group, url, table = sys.argv[1:]
+    conn = psycopg.connect(url)
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, 0)])  # no group to rejoin: a new life goes on at once
+    while True:
+        m = c.poll(0.2)
+        if m is None or m.error():
+            continue
+        with conn.transaction():  # the inbox claim ...
+            claimed = conn.execute(f"INSERT INTO {table}_inbox VALUES (%s) ON CONFLICT DO NOTHING",
+                                   (m.offset(),)).rowcount
+        if claimed:
+            with conn.transaction():  # ... and the effect, apart: only a kill between the two shows it
+                conn.execute(f"INSERT INTO {table} VALUES (%s)", (m.offset(),))
+        conn.execute("SELECT 1")  # a read-only transaction: no boundary
+        conn.commit()
+        c.commit(m, asynchronous=False)
+"""
+
+
+@pytest.fixture
+def claim_then_apply(run, native_stack):
+    """A consumer that claims each record in one transaction and applies it in another, fed by a
+    steady producer; yields (service, count of claimed-but-not-applied records)."""
+    bootstrap = native_stack.url("kafka")
+    topic, group = fill_topic(bootstrap, 1), f"g-{uuid.uuid4().hex[:6]}"
+    url = native_stack.namespace(prefix="nem").database_url
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (o bigint)")
+        conn.execute(f"CREATE TABLE {table}_inbox (o bigint PRIMARY KEY)")
+    stop = threading.Event()
+
+    def feed() -> None:
+        producer = Producer({"bootstrap.servers": bootstrap, **QUIET})
+        while not stop.wait(0.02):
+            producer.produce(topic, value=b"x")
+            producer.poll(0)
+        producer.flush(5)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+
+    def lost() -> int:
+        with psycopg.connect(url) as conn:
+            return conn.execute(f"SELECT count(*) FROM {table}_inbox i WHERE NOT EXISTS "
+                                f"(SELECT 1 FROM {table} t WHERE t.o = i.o)").fetchone()[0]
+
+    yield run.add("consumer", CLAIM_THEN_APPLY, bootstrap, topic, group, url, table), lost
+    stop.set()
+    feeder.join(10)
+
+
+def test_the_crash_site_records_each_unit_of_work_s_boundaries(claim_then_apply):
+    """Every life carries the crash site: it records poll -> both commits that wrote -> the offset
+    commit (the read-only transaction is no boundary), and counts units that changed rows."""
+    consumer, _ = claim_then_apply
+    consumer.start()
+    expected = "poll -> db-commit#1 -> db-commit#2 -> consumer-ack#1"
+    state = wait_until(lambda: (s := read_state(consumer.crash_state)) and s["sequences"].get(expected, 0) >= 2 and s,
+                       30, "two units recorded")
+    assert state["fresh_units"] >= 1 and not state["fired"]
+    assert positions_of(consumer.crash_lives())[0] == ["db-commit#1", "db-commit#2", "consumer-ack#1"]
+
+
+def test_a_unit_position_armed_live_kills_between_two_transactions_of_one_record(claim_then_apply, run):
+    """Armed on the running life (no restart): just after the 1st commit of a unit on fresh work,
+    i.e. between the claim and the effect - the record is claimed and never applied."""
+    consumer, lost = claim_then_apply
+    consumer.start()
+    wait_until(lambda: (s := read_state(consumer.crash_state)) and s["fresh_units"] >= 1, 30, "fresh work")
+    running = consumer.proc.pid
+    fault = CrashPoint("consumer", when="after", position="db-commit#1", fresh=True, fallback_after=20)
+    assert fault.apply(run) is True
+    end = run.faults()[-1][1]
+    assert end["how"] == "crash-point" and end["pid"] == running and consumer.restarts == 1
+    assert end["reached"]["position"] == "db-commit#1"
+    assert lost() == 1
+    assert "just after its database commit #1 of a unit of work on fresh work" in end["description"]
+
+
+def test_a_boundary_sweep_kills_after_every_position_and_holds_before_every_effect(claim_then_apply, run):
+    consumer, lost = claim_then_apply
+    consumer.start()
+    wait_until(lambda: (s := read_state(consumer.crash_state)) and s["fresh_units"] >= 2, 30, "a warm-up")
+    sweep = BoundarySweep("consumer", hold=1.0, fallback_after=20, max_seconds=120)
+    assert sweep.apply(run) is True
+    d = next(f for f in fault_events(run.history) if f["fault"] == "boundary-sweep")["detail"]
+    assert d["positions"] == ["db-commit#1", "db-commit#2", "consumer-ack#1"]
+    assert d["killed_after"] == d["positions"] and d["held_before"] == ["db-commit#1", "db-commit#2"]
+    assert consumer.restarts == 5  # one per fault: arming restarted nothing
+    assert lost() >= 1  # the kill between the two transactions
+    assert coverage(run.history) == {"consumer": "3 of 3 boundaries killed after, 2 held before"}
+    assert coverage_gaps(run.history, "consumer") is None
+    seen = [e for e in run.history.events("observe") if e.data.get("what") == "boundaries"]
+    assert seen and seen[0].data["positions"] == d["positions"]
 
 
 def test_pause_stops_the_whole_process_group_then_resumes_it(run):

@@ -195,3 +195,75 @@ def test_stop_frees_the_port(history):
     receiver.stop()
     with pytest.raises(httpx.HTTPError):
         httpx.post(url, content=request_bytes(), headers=PROTOBUF, timeout=2)
+
+
+def empty_spans(n: int, service: str = "svc") -> bytes:
+    """One request of `n` empty spans (two bytes each on the wire: a flood from a small body)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.add(key="service.name").value.string_value = service
+    scope = rs.scope_spans.add()
+    for _ in range(n):
+        scope.spans.add()
+    return request.SerializeToString()
+
+
+def test_spans_over_the_runs_limit_are_counted_dropped_and_noted(history):
+    from grader.otlp import ReceiverLimits, capped_limits
+
+    with OtlpReceiver(history, grpc=False, limits=ReceiverLimits(max_spans=50)) as receiver:
+        for _ in range(3):  # answered 200 (the exporter must not retry), kept up to the limit
+            assert post(receiver, empty_spans(40), PROTOBUF).status_code == 200
+        assert len(receiver.spans()) == 50 and len(history.events("span")) == 50
+        assert receiver.received_spans == 80 and receiver.dropped_spans == 30 and receiver.dropped_requests == 1
+        notes = capped_limits(history)
+        assert len(notes) == 1 and "more than 50 spans" in notes[0]
+
+
+def test_span_bytes_limit(history):
+    from grader.otlp import ReceiverLimits
+
+    with OtlpReceiver(history, grpc=False, limits=ReceiverLimits(max_span_bytes=2000)) as receiver:
+        body = request_bytes()
+        with httpx.Client(timeout=10) as client:
+            for _ in range(20):
+                client.post(receiver.endpoint + "/v1/traces", content=body, headers=PROTOBUF)
+        assert 0 < len(receiver.spans()) < 40 and receiver.capped == {"span_bytes"}
+
+
+def test_connections_are_capped_on_one_thread(history):
+    """A flood of connections costs the grader no thread each: over the limit they are closed at once,
+    the receiver still serves, and the history says it was capped."""
+    import socket
+    import threading
+    import time
+
+    from grader.otlp import ReceiverLimits
+
+    with OtlpReceiver(history, grpc=False, limits=ReceiverLimits(max_connections=4)) as receiver:
+        threads_before = threading.active_count()
+        held = [socket.create_connection(("127.0.0.1", receiver.port), timeout=5) for _ in range(30)]
+        deadline = time.monotonic() + 30
+        while receiver.refused_connections < 26 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert receiver.refused_connections == 26
+        assert threading.active_count() == threads_before
+        for sock in held:
+            sock.close()
+        deadline = time.monotonic() + 30
+        while receiver._http.open and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert post(receiver, request_bytes(), PROTOBUF).status_code == 200
+        assert [e.data["otlp_capped"] for e in history.events("note") if e.data.get("otlp_capped")] == ["connections"]
+
+
+def test_refusals_are_noted_a_bounded_number_of_times(receiver, history):
+    from grader.otlp.receiver import MAX_REFUSAL_NOTES
+
+    with httpx.Client(timeout=10) as client:
+        for _ in range(MAX_REFUSAL_NOTES + 10):
+            client.post(receiver.endpoint + "/v1/traces", content=b"\xff" * 5000, headers=PROTOBUF)
+    notes = history.events("note")
+    assert len(notes) == MAX_REFUSAL_NOTES + 1 and all(len(n.data["message"]) < 400 for n in notes)

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from typer.testing import CliRunner
+
+from grader import cli
 
 from grader.checks import CheckResult
 from grader.history import History
@@ -104,7 +107,7 @@ def test_gradescope_results_follow_the_published_spec():
     assert data["score"] == 2.0 and tests["api-contract"]["status"] == "passed"
     assert tests["no-lost-orders"] == {**tests["no-lost-orders"], "score": 0.0, "max_score": 3.0, "status": "failed"}
     assert "k-0000000012" in tests["no-lost-orders"]["output"] and "hint:" in tests["no-lost-orders"]["output"]
-    assert tests["traces"]["max_score"] == 0.0, "a skipped check counts neither way"
+    assert (tests["traces"]["score"], tests["traces"]["max_score"]) == (0.0, 1.0), "a SKIP is 0 of its points"
     assert data["execution_time"] == 51
     assert str(2**62 + 5) not in data["output"] and data["extra_data"]["seed"] == 2**62 + 5, "seed only for instructors"
 
@@ -115,13 +118,13 @@ def test_gradescope_hidden_checks_are_pending_until_the_due_date():
     out = to_gradescope(data)
     jsonschema.validate(out, GRADESCOPE_SCHEMA)
     assert [t["visibility"] for t in out["tests"]] == ["visible", "after_due_date", "visible", "visible"]
-    assert summary_line(data) == "public checks: 1/2 passed; 1 hidden pending (shown after the due date)"
+    assert summary_line(data) == "public checks: 1/3 passed; 1 hidden pending (shown after the due date)"
 
 
 def test_classroom_result_is_what_the_reporter_reads():
     data = to_classroom(report())
     jsonschema.validate(data, CLASSROOM_SCHEMA)
-    assert data["status"] == "fail" and data["max_score"] == 6.0  # 2 + 3 + 1; the skipped check is left out
+    assert data["status"] == "fail" and data["max_score"] == 7.0  # 2 + 3 + 1 + 1: a SKIP keeps its points in the max
     assert sum(t["score"] for t in data["tests"]) == 2.0  # the reporter adds tests[].score
     decoded = json.loads(base64.b64decode(encoded(report())))
     assert decoded == data
@@ -151,7 +154,7 @@ def test_class_csv_has_one_row_per_student_and_one_column_per_check(tmp_path):
     assert [r["student"] for r in rows] == ["alice", "bob"]
     assert list(rows[0])[:8] == ["student", "score", "max_score", "passed", "api-contract", "no-lost-orders",
                                  "ordering", "traces"]
-    assert rows[0]["api-contract"] == "2" and rows[0]["no-lost-orders"] == "0" and rows[0]["traces"] == ""
+    assert rows[0]["api-contract"] == "2" and rows[0]["no-lost-orders"] == "0" and rows[0]["traces"] == "0"
     assert rows[1]["score"] == "7" and rows[1]["passed"] == "yes"
     _, table = class_table({"carol": report(results=[CheckResult.error("api-contract", "x", 2, "did not start")],
                                             notes=["a service failed: order_api exited"])})
@@ -231,16 +234,37 @@ def test_html_report_renders_in_a_headless_browser(tmp_path):
         pytest.skip("chromium not installed (apt-get install chromium) - the HTML is checked in CI")
     history = write_history(tmp_path / "history.jsonl")
     page = tmp_path / "report.html"
-    write_html(report(), page, history)
+    (tmp_path / "report.json").write_text(json.dumps(to_dict(report())))
+    rendered = CliRunner().invoke(cli.app, ["report", str(tmp_path)])  # what `labkit report RESULTS` does
+    assert rendered.exit_code == 0 and str(page) in rendered.output.replace("\n", ""), rendered.output
     base = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
             f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert "<svg" in dom.stdout and "No acknowledged order is lost" in dom.stdout, dom.stderr[-2000:]
+    assert "<th>#</th>" in dom.stdout, "faults are numbered in the table as above the plot"
     shot = tmp_path / "report.png"
     subprocess.run([*base, "--window-size=1200,1800", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.exists() and shot.stat().st_size > 20_000, "the screenshot (a test artefact) is missing or blank"
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fault_labels_close_in_time_take_lanes_of_their_own():
+    from grader.report.html import timeline_svg
+    from grader.report.timeline import label_lanes
+
+    assert label_lanes([1.0, 1.1, 1.2, 5.0, 5.05, 9.0], min_gap=0.5) == [0, 1, 2, 0, 1, 0]
+    events = list(jepsen_history())
+    for i, (fault, target) in enumerate([("kill", "order_api"), ("reset", "postgres"), ("restart-server", "postgres")]):
+        for phase, t in (("start", 1.31 + i * 0.01), ("end", 1.32 + i * 0.01)):
+            events.append({"t": t, "kind": "fault", "actor": "nemesis",
+                           "data": {"fault": fault, "target": target, "fid": 10 + i, "phase": phase}})
+    svg = timeline_svg(build(sorted(events, key=lambda e: e["t"])))
+    labels = re.findall(r'<text[^>]*fill: #1565c0" x="([\d.]+)" y="([\d.]+)"[^>]*>(\d+)</text>', svg)
+    by_number = {n: (float(x), float(y)) for x, y, n in labels}
+    assert set(by_number) >= {"1", "2", "3", "4"}, labels
+    heights = {by_number[n][1] for n in ("1", "2", "3", "4")}
+    assert len(heights) == 4, "four faults within 0.1 s: four lanes, no label over another"
 
 
 def test_html_shows_the_waterfall_of_a_trace_a_failing_check_cites(tmp_path):
@@ -256,3 +280,61 @@ def test_html_shows_the_waterfall_of_a_trace_a_failing_check_cites(tmp_path):
                                   [f"order k-1: no CONSUMER span in trace {trace}"])
     html = render_html(report(results=[failing]), history)
     assert f"trace {trace}" in html and "orders publish" in html and "POST /orders" in html
+
+
+def test_every_format_counts_a_skip_the_same(tmp_path):
+    """One rule (docs/instructors.md, "How a SKIP counts"): a SKIP is 0 of its points, the maximum stays."""
+    import xml.etree.ElementTree as ET
+
+    from grader.batch.run import write_summaries
+    from grader.report.junit import write_junit
+
+    r = report()
+    assert [c.state for c in r.results].count("SKIP") == 1
+    expected = (r.score, r.max_score)
+    assert expected == (2.0, 7.0)
+    data = to_dict(r)
+    assert (data["score"], data["max_score"]) == expected
+    gradescope = to_gradescope(r)
+    assert (gradescope["score"], sum(t["max_score"] for t in gradescope["tests"])) == expected
+    classroom = to_classroom(r)
+    assert (sum(t["score"] for t in classroom["tests"]), classroom["max_score"]) == expected
+    header, rows = class_table({"alice": r})
+    row = dict(zip(header, rows[0]))
+    assert (float(row["score"]), float(row["max_score"])) == expected
+    assert sum(float(row[c.id]) for c in r.results) == expected[0]
+    write_junit(r, tmp_path / "junit.xml")
+    props = {p.get("name"): p.get("value") for p in ET.parse(tmp_path / "junit.xml").getroot().iter("property")}
+    assert props["score"] == "2/7"
+    html = render_html(r)
+    assert "2<small> / 7 points" in html and ">0 / 1</td>" in html
+
+    class Result:  # what write_summaries reads of a graded class
+        out = tmp_path
+        outcomes = []
+
+        def first_runs(self):
+            return {"alice": data}
+
+        def pass_rates(self):
+            return {}
+
+        def identical(self):
+            return []
+
+    write_summaries(Result(), type("Opts", (), {"repeat": 1})())
+    summary = json.loads((tmp_path / "summary.json").read_text())["students"]["alice"]
+    assert (summary["score"], summary["max_score"]) == expected
+
+
+def test_labkit_report_renders_a_saved_run_and_refuses_other_folders(tmp_path):
+    write_history(tmp_path / "history.jsonl")
+    (tmp_path / "report.json").write_text(json.dumps(to_dict(report())))
+    done = CliRunner().invoke(cli.app, ["report", str(tmp_path), "--out", str(tmp_path / "page.html")])
+    assert done.exit_code == 0, done.output
+    html = (tmp_path / "page.html").read_text()
+    assert "<svg" in html and "No acknowledged order is lost" in html
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = CliRunner().invoke(cli.app, ["report", str(empty)])
+    assert refused.exit_code == 2 and "report.json" in refused.output

@@ -217,6 +217,38 @@ def test_the_wall_time_limit_kills_the_whole_run(run_env, sandbox_for, tmp_path)
     assert box.expired and box.pids() == set()
 
 
+def test_links_out_of_the_submission_are_not_copied_into_the_sandbox(sandbox_for, tmp_path):
+    """tests/hostile/links_out: the kit's reference via /proc/self/cwd, a classmate via `..`, a link to
+    a link. The copy holds none of them, each left out with a note for the report; a link that stays
+    inside is kept and resolves inside the copy."""
+    submission = tmp_path / "links_out"
+    shutil.copytree(HOSTILE / "links_out", submission, symlinks=True)
+    (submission / "own").mkdir()
+    (submission / "own" / "x.py").write_text("X = 1\n")
+    (submission / "inside").symlink_to("own/x.py")
+    cwd = os.getcwd()
+    os.chdir(REPO)  # from here /proc/self/cwd/services is the kit's reference
+    try:
+        box = sandbox_for(submission)
+    finally:
+        os.chdir(cwd)
+    assert sorted(p.name for p in box.workdir.iterdir()) == [".home", "inside", "own"]
+    assert (box.workdir / "inside").read_text() == "X = 1\n"
+    assert sorted(note.split(":")[0] for note in box.notes) == ["kit", "order_api", "read_model", "services"]
+
+
+def test_tmp_and_dev_shm_are_writable_by_the_run(sandbox_for, tmp_path):
+    box = sandbox_for(HOSTILE / "hangs")
+    code = ("import os, tempfile\n"
+            "with tempfile.NamedTemporaryFile(dir=os.environ['TMPDIR']) as f: f.write(b'x')\n"
+            "open('/dev/shm/labkit-probe', 'w').write('x')\n"
+            "print('WROTE', tempfile.gettempdir())\n")
+    proc = box.spawn([sys.executable, "-c", code], tmp_path / "probe.log", {})
+    wait_until(lambda: not proc.alive(), 60, "the probe to exit")
+    log = (tmp_path / "probe.log").read_text(errors="replace")
+    assert proc.exit_code() == 0 and "WROTE /tmp" in log, log
+
+
 def test_crash_markers_are_copied_back_but_never_a_fifo(sandbox_for, tmp_path):
     box = sandbox_for(HOSTILE / "hangs")
     public = tmp_path / "crash-1.json"
@@ -329,3 +361,41 @@ def test_processes_and_memory_are_bounded(run_env, sandbox_for, tmp_path):
     assert max(held, default=0) <= (256 if box.cgroup else 1024)
     assert service.exit_code() in (-9, 4), log[-2000:]
     assert box.pids() == set()
+
+
+def test_the_grader_itself_stays_bounded_under_a_flood(run_env, sandbox_for, tmp_path):
+    """The receiver runs in the grader, outside the sandbox's limits: 5M empty spans, a gzip bomb and
+    300 held connections leave it at its per-run limits, on one thread, noted in the history; the
+    submission's spinners are held to the run's CPU quota."""
+    import threading
+
+    from grader.history import History
+    from grader.otlp import OtlpReceiver, ReceiverLimits
+
+    history = History()
+    with OtlpReceiver(history, grpc=False) as receiver:
+        rss_before = psutil.Process().memory_info().rss
+        box = sandbox_for(HOSTILE / "floods_grader")
+        service = start(box, HOSTILE / "floods_grader", {**run_env.env(), **receiver.env()}, tmp_path, healthy=False)
+        wait_until(lambda: "flood done" in log_of(service) or not service.alive(), 300, "the flood to end")
+        log = log_of(service)
+        assert "flood done" in log and "ATTACK SUCCEEDED" not in log, log[-2000:]
+        assert "answer 413" in log  # the bomb is refused once inflated past the body limit
+        assert len(receiver.spans()) == len(history.events("span")) == ReceiverLimits().max_spans
+        assert receiver.received_spans >= 500_000 and receiver.dropped_requests >= 8
+        assert receiver.capped >= {"spans", "connections"}
+        assert [t.name for t in threading.enumerate()].count("otlp-http") == 1
+        assert psutil.Process().memory_info().rss - rss_before < 400 << 20
+        if box.cgroup is not None and box.cgroup.cpu_limit() is not None:  # the spinners share one CPU's quota
+            assert box.cgroup.cpu_limit() == Limits().cpus == 1.0
+            group = box.cgroup.dirs[0].name
+            assert len(box.pids()) > 8 and all(group in _cgroup_of(p, "cpu") for p in box.pids())
+
+
+def _cgroup_of(pid: int, controller: str) -> str:
+    """The cgroup path of `pid` in `controller`'s hierarchy (v2: the unified one)."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(",") or not controllers:
+            return path
+    return ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,11 +53,12 @@ def mutant_names() -> list[str]:
 def hostile_names() -> list[str]:
     if ISOLATION_PROBLEM:
         return []
-    return sorted(p.name for p in HOSTILE.iterdir() if (p / "order_api").is_dir())
+    return sorted(p.name for p in HOSTILE.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
 
 
 def copy(src: Path, dest: Path) -> None:
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True)
+    """As handed in: links stay links (tests/hostile/links_out is nothing but links)."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=True, symlinks=True)
 
 
 def vendor_reference(dest: Path) -> None:
@@ -114,7 +116,8 @@ def graded(tmp_path_factory):
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=2700, cwd=REPO_ROOT, env=env)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        reports = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/report.json")}
+        (root / "grade-output.txt").write_text(done.stdout + done.stderr)  # what the instructor's terminal got
+        reports = {p.parent.name: json.loads(p.read_text()) for p in out.glob("students/*/report.json")}
         left = leftovers(tmp)
         again = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT, env=env)
         yield out, reports, left, again
@@ -177,8 +180,25 @@ def test_a_hostile_submission_scores_nothing_and_its_attack_fails(graded, name):
     out, reports, _, _ = graded
     report = reports[f"hostile-{name}"]
     assert report["score"] == 0, describe(report)
-    logs = " ".join(p.read_text(errors="replace") for p in (out / f"hostile-{name}").rglob("*.log"))
+    logs = " ".join(p.read_text(errors="replace") for p in (out / "students" / f"hostile-{name}").rglob("*.log"))
     assert "ATTACK SUCCEEDED" not in logs, [line for line in logs.splitlines() if "ATTACK SUCCEEDED" in line][:5]
+
+
+TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def test_nothing_a_submission_shaped_reaches_the_terminal_raw(graded):
+    """tests/hostile/terminal_escapes: escape sequences in its spans, log and exit message. `labkit grade`
+    (not a terminal here: rich adds no codes of its own) and `labkit recheck` show them only as text."""
+    out, reports, _, _ = graded
+    shown = (out.parent / "grade-output.txt").read_text()
+    assert not TERMINAL_CONTROLS.search(shown), repr(TERMINAL_CONTROLS.search(shown))
+    if "hostile-terminal_escapes" in reports:
+        recheck = subprocess.run([sys.executable, "-m", "grader.cli", "recheck",
+                                  str(out / "students" / "hostile-terminal_escapes")],
+                                 capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        assert "\\x1b" in recheck.stdout, recheck.stdout[-2000:]
+        assert not TERMINAL_CONTROLS.search(recheck.stdout + recheck.stderr)
 
 
 @needs_isolation
@@ -190,7 +210,7 @@ def test_nothing_of_any_run_is_left_behind(graded):
 def test_every_format_is_written_and_valid(graded):
     out, reports, _, _ = graded
     for name in reports:
-        folder = out / name
+        folder = out / "students" / name
         jsonschema.validate(json.loads((folder / "results.json").read_text()), GRADESCOPE_SCHEMA)
         jsonschema.validate(json.loads((folder / "classroom.json").read_text()), CLASSROOM_SCHEMA)
         cases = list(ET.parse(folder / "junit.xml").getroot().iter("testcase"))
@@ -205,7 +225,7 @@ def test_every_student_has_a_replay_and_the_class_table_a_row(graded):
     for name, report in reports.items():
         assert report["student"] == name and "--submission" in report["replay"] and str(report["seed"]) in report["replay"]
         for file in ("meta.json", "worker.log"):
-            assert (out / name / file).exists(), f"{name}/{file}"
+            assert (out / "students" / name / file).exists(), f"{name}/{file}"
     header = (out / "class.csv").read_text().splitlines()[0]
     assert header.startswith("student,score,max_score,passed," + ",".join(c["id"] for c in reports["correct"]["checks"]))
     summary = json.loads((out / "summary.json").read_text())["students"]

@@ -1,7 +1,8 @@
 """What an instructor hands out or uploads, built from this kit.
 
 - student(OUT): the kit without the reference solutions (services/ except services/common, the learner
-  library), without tests/ (mutants, grader tests) and CI; `make lab-N` / `make check-N` work from it.
+  library), without tests/ (mutants, grader tests) and CI, with a README for learners
+  (templates/student-README.md); `make lab-N` / `make check-N` work from it.
 - classroom(LAB, OUT): a student kit plus `.github/workflows/classroom.yml` - a GitHub Classroom template
   repository whose workflow runs `labkit check` on the runner and reports the points.
 - gradescope(LAB, OUT.zip): setup.sh + run_autograder at the zip's root and the student kit in kit/;
@@ -53,6 +54,9 @@ def student(out: Path, root: Path = REPO_ROOT) -> list[PurePosixPath]:
         target = out.joinpath(*rel.parts)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root.joinpath(*rel.parts), target)
+    # The kit's README is the learner's: the repository's offers the kit's own tests, benchmarks and
+    # reference solutions, none of which the kit has.
+    (out / "README.md").write_text((TEMPLATES / "student-README.md").read_text())
     return files
 
 

@@ -8,23 +8,36 @@ Accepted as SUBMISSIONS:
   naming the submitters) - names come from the metadata;
 - one archive holding any of the above, or a single submission (a folder whose services are there).
 A submission's services may sit a few folders deep (an archive of a folder, `src/`): the graded
-folder is the shallowest one holding one of the lab's service packages.
+folder is the shallowest one holding one of the lab's service packages. Inside a submission no link is
+followed (grader/untrusted.py): a folder reached through a symlink is never its service root, and its
+fingerprint hashes a link's text, not what it points at. An entry of SUBMISSIONS itself may be a link
+(the instructor's own: `ln -s ~/repos/alice class/alice`).
+
+Names: a student's name comes from what they handed in (a folder or archive name, Gradescope's
+metadata), so it is made safe as one folder name (`safe_name`) and unique in the class, also where
+the file system ignores case; the batch puts each student's folder under `--out/students/`, where no
+file of the batch's own can be.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import shutil
+import stat
 import subprocess
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..lab import Lab
-from .archive import extract, is_archive, stem
+from ..untrusted import NOT_SUBMITTED, Refused, Walked, open_regular, walk
+from ..archive import CLASS_LIMITS, SUFFIXES, Limits, extract, is_archive, stem
 
-SKIP_NAMES = {"__MACOSX", "__pycache__", ".git", ".venv", "node_modules"}
+SKIP_NAMES = set(NOT_SUBMITTED)
 GRADESCOPE_METADATA = "submission_metadata.yml"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
+NAME_BYTES = 80  # a student's folder name, at most (UTF-8)
 
 
 @dataclass
@@ -32,22 +45,55 @@ class Submission:
     name: str  # the student (or group): unique in the class, safe as a folder name
     source: Path  # what the instructor gave: a folder, a git clone or an archive
     people: list[str] = field(default_factory=list)  # submitters, when the export names them
+    notes: list[str] = field(default_factory=list)  # what unpacking it left out (links, devices), for its report
 
     @property
     def kind(self) -> str:
+        if self.source.is_symlink():
+            return "link"
         if is_archive(self.source):
             return "archive"
         return "git" if (self.source / ".git").exists() else "folder"
 
 
-def _safe(name: str) -> str:
-    cleaned = _UNSAFE.sub("_", name).strip("._") or "submission"
-    return cleaned[:80]
+def safe_name(name: str) -> str:
+    """`name` as one safe folder name: letters and digits of any script (NFKC), `.`, `_`, `@`, `+`, `-`;
+    anything else (separators, controls, bidi and other format characters, spaces) becomes `_`. Never
+    empty, never dots only, never starting with `.` or `-` (hidden, an option) or `+`/`@`/`=` (a
+    spreadsheet formula), at most NAME_BYTES bytes."""
+    name = unicodedata.normalize("NFKC", str(name))
+    kept = "".join(ch if ch.isalnum() or ch in "._@+-" else "_" for ch in name)
+    kept = re.sub(r"_+", "_", kept).strip("._-+@=") or "submission"
+    while len(kept.encode()) > NAME_BYTES:
+        kept = kept[:-1]
+    return kept.rstrip("._-+@") or "submission"
+
+
+_safe = safe_name
 
 
 def _entries(folder: Path) -> list[Path]:
+    """The submissions in a class folder: folders, archives, and links (each refused with a row saying
+    so: the folder may be a submission itself, Gradescope's /autograder/submission)."""
     return sorted(p for p in folder.iterdir()
-                  if not p.name.startswith(".") and p.name not in SKIP_NAMES and (p.is_dir() or is_archive(p)))
+                  if not p.name.startswith(".") and p.name not in SKIP_NAMES
+                  and (_real_dir(p) or is_archive(p) or (p.is_symlink() and (p.is_dir() or
+                                                                           p.name.lower().endswith(SUFFIXES)))))
+
+
+def _real_dir(path: Path) -> bool:
+    """A folder, not a link to one (a submission's links are never followed)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _real_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _module_names(lab: Lab) -> set[str]:
@@ -61,19 +107,21 @@ def _module_names(lab: Lab) -> set[str]:
 
 
 def holds_services(folder: Path, lab: Lab) -> bool:
-    return any((folder / name).is_dir() or (folder / f"{name}.py").is_file() for name in _module_names(lab))
+    """A service package (a folder, or `name.py`) right in `folder`; a link to one does not count."""
+    return any(_real_dir(folder / name) or _real_file(folder / f"{name}.py") for name in _module_names(lab))
 
 
 def service_root(folder: Path, lab: Lab, depth: int = 3) -> Path:
     """The shallowest folder under `folder` holding a service package; `folder` itself if none does
-    (the run then reports that the services did not start - the learner's problem to see)."""
+    (the run then reports that the services did not start - the learner's problem to see). Folders
+    are entered only as themselves, never through a link."""
     level = [folder]
     for _ in range(depth + 1):
         for candidate in level:
             if holds_services(candidate, lab):
                 return candidate
         level = [p for d in level for p in sorted(d.iterdir())
-                 if p.is_dir() and not p.name.startswith(".") and p.name not in SKIP_NAMES]
+                 if _real_dir(p) and not p.name.startswith(".") and p.name not in SKIP_NAMES]
     return folder
 
 
@@ -88,11 +136,18 @@ def _strip_common_prefix(names: list[str]) -> list[str]:
 
 
 def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
+    """Each name once, compared without case (`Bob` and `bob` are one folder where the file system
+    ignores case): a repeat gets `-2`, `-3`, ... (never a name another student already has)."""
+    taken = {n.casefold() for n in names}
+    seen: set[str] = set()
     out = []
     for name in names:
-        seen[name] = seen.get(name, 0) + 1
-        out.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+        unique, k = name, 1
+        while unique.casefold() in seen or (unique != name and unique.casefold() in taken):
+            k += 1
+            unique = f"{name}-{k}"
+        seen.add(unique.casefold())
+        out.append(unique)
     return out
 
 
@@ -106,7 +161,7 @@ def _gradescope(folder: Path) -> list[Submission] | None:
     found = []
     for key, entry in sorted(data.items()):
         path = folder / str(key)
-        if not path.exists():
+        if "/" in str(key) or str(key) in ("", ".", "..") or not (path.is_symlink() or path.exists()):
             continue
         entry = entry or {}
         people = entry.get(":submitters") or entry.get("submitters") or []
@@ -121,20 +176,35 @@ def _gradescope(folder: Path) -> list[Submission] | None:
     return found
 
 
+def _unpack(archive: Path, home: Path, digest: str, limits: Limits = Limits()) -> tuple[Path, list[str]]:
+    """`archive` unpacked under `home/<digest>` - once per version: a resubmission (another digest) is
+    unpacked afresh and the earlier version removed. Unpacking goes to a `.partial` folder renamed when
+    complete, so a batch stopped halfway never grades half an archive."""
+    target, notes_file = home / digest[:16], home / f"{digest[:16]}.notes.json"
+    if target.is_dir():
+        try:
+            return target, json.loads(notes_file.read_text())
+        except (OSError, ValueError):
+            return target, []
+    shutil.rmtree(home, ignore_errors=True)
+    partial = home / f"{digest[:16]}.partial"
+    notes = extract(archive, partial, limits)
+    notes_file.write_text(json.dumps(notes))
+    partial.rename(target)
+    return target, notes
+
+
 def discover(root: Path, lab: Lab, work: Path) -> list[Submission]:
     """The class in `root`. An archive given as `root` is unpacked under `work` first."""
     root = root.resolve()
     if is_archive(root):
-        unpacked = work / "class" / _safe(stem(root))
-        if not unpacked.exists():
-            extract(root, unpacked)
-        root = unpacked
+        root, _ = _unpack(root, work / "class", _digest_file(root), CLASS_LIMITS)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder or an archive")
     if holds_services(root, lab):
         return [Submission(_safe(root.name), root)]
     entries = _entries(root)
-    while len(entries) == 1 and entries[0].is_dir() and not holds_services(entries[0], lab) \
+    while len(entries) == 1 and _real_dir(entries[0]) and not holds_services(entries[0], lab) \
             and not (entries[0] / ".git").exists() and _entries(entries[0]):
         root, entries = entries[0], _entries(entries[0])  # an export's wrapper folder
     gradescope = _gradescope(root)
@@ -146,28 +216,64 @@ def discover(root: Path, lab: Lab, work: Path) -> list[Submission]:
     return [Submission(name, path) for name, path in zip(names, entries)]
 
 
-def materialize(sub: Submission, lab: Lab, work: Path) -> Path:
-    """The folder to grade: an archive is unpacked (once) under `work/<name>`; then its service root."""
+def materialize(sub: Submission, lab: Lab, work: Path, digest: str | None = None) -> Path:
+    """The folder to grade: an archive is unpacked under `work/<name>/` (once per version, `digest` its
+    fingerprint); then its service root. A submission that is a link is refused (`Refused`)."""
+    if sub.kind == "link":
+        raise Refused(f"the submission {sub.source.name} is a link (-> {os.readlink(sub.source)!r}), and links "
+                      f"are never followed: put the folder or archive itself in the class folder")
     if sub.kind == "archive":
-        target = work / sub.name
-        if not target.exists():
-            extract(sub.source, target)
+        target, sub.notes = _unpack(sub.source, work / sub.name, digest or fingerprint(sub))
         return service_root(target, lab)
     return service_root(sub.source, lab)
 
 
-def fingerprint(sub: Submission) -> str:
-    """Identifies what was submitted: a changed submission is graded again on a resumed run."""
+def _digest_file(path: Path) -> str:
     digest = hashlib.sha256()
+    with os.fdopen(open_regular(path), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint(sub: Submission) -> str:
+    """Identifies what was submitted: a changed submission is graded again on a resumed run. A folder's
+    files are hashed with their paths, its links by their text (never followed)."""
+    if sub.kind == "link":
+        return hashlib.sha256(b"link\0" + os.fsencode(os.readlink(sub.source))).hexdigest()
     if sub.kind == "archive":
-        with open(sub.source, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
-    for path in sorted(sub.source.rglob("*")):
-        if path.is_file() and not path.is_symlink() and not SKIP_NAMES.intersection(path.relative_to(sub.source).parts):
-            digest.update(str(path.relative_to(sub.source)).encode() + b"\0")
-            digest.update(path.read_bytes())
+        return _digest_file(sub.source)
+    digest = hashlib.sha256()
+    found = Walked()
+    for rel, kind, path in walk(sub.source, found=found):
+        if kind == "link":
+            digest.update(f"link {rel} -> ".encode() + os.fsencode(os.readlink(path)) + b"\0")
+        elif kind == "file":
+            digest.update(f"file {rel}\0".encode())
+            try:
+                with os.fdopen(open_regular(path), "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+            except OSError as e:
+                digest.update(f"unreadable: {e}".encode())
+    for note in found.dropped + found.skipped:
+        digest.update(note.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def content_digest(folder: Path) -> str:
+    """The files of a folder (names and bytes; links and caches left out, never followed): equal for
+    identical code, so that identical submissions can be flagged."""
+    digest = hashlib.sha256()
+    for rel, kind, path in walk(folder):
+        if kind == "file":
+            digest.update(f"{rel}\0".encode())
+            try:
+                with os.fdopen(open_regular(path), "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+            except OSError:
+                pass
     return digest.hexdigest()
 
 

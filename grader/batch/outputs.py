@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import json
+import shlex
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
 
+from ..checks import CheckResult
+from ..lab import Lab
 from ..report import RunReport
 from ..report.classroom import write_classroom
 from ..report.gradescope import write_gradescope
@@ -23,8 +27,22 @@ def write_all(report: RunReport, out_dir: Path, extra: Mapping | None = None) ->
     paths = {kind: out_dir / name for kind, name in FILES.items()}
     data = {**to_dict(report), **(extra or {})}
     paths["json"].write_text(json.dumps(data, indent=2) + "\n")  # labkit.report/1: keys are only ever added
-    write_junit(report, paths["junit"])
+    write_junit(report, paths["junit"], replay=data.get("replay"))
     write_gradescope(data, paths["gradescope"])
     write_classroom(data, paths["classroom"])
     write_html(data, paths["html"], out_dir / "history.jsonl")
     return paths
+
+
+def error_report(lab: Lab, submission: Path, message: str, runtime: str, seed: int = 0) -> RunReport:
+    """A run that could not happen: every check ERROR with the reason, so the student still has a row."""
+    results = [CheckResult.error(spec.id, spec.title or spec.id, spec.points, message, spec.hint or None)
+               for spec in lab.checks]
+    return RunReport(lab=lab.id, title=lab.title, submission=str(submission), seed=seed, runtime=runtime,
+                     started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), duration=0.0,
+                     results=results, notes=[message])
+
+
+def replay_command(lab: Lab, submission: Path, seed: int, runtime: str) -> str:
+    return shlex.join(["labkit", "check", lab.id, "--submission", str(submission), "--seed", str(seed),
+                       "--runtime", runtime])

@@ -9,32 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import signal
 import sys
 import threading
 import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 
-from ..checks import CheckResult
-from ..lab import Lab, find_lab
-from ..report import RunReport
-from .outputs import write_all
-
-
-def error_report(lab: Lab, submission: Path, message: str, runtime: str, seed: int = 0) -> RunReport:
-    """A run that could not happen: every check ERROR with the reason, so the student still has a row."""
-    results = [CheckResult.error(spec.id, spec.title or spec.id, spec.points, message, spec.hint or None)
-               for spec in lab.checks]
-    return RunReport(lab=lab.id, title=lab.title, submission=str(submission), seed=seed, runtime=runtime,
-                     started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), duration=0.0,
-                     results=results, notes=[message])
-
-
-def replay_command(lab: Lab, submission: Path, seed: int, runtime: str) -> str:
-    return shlex.join(["labkit", "check", lab.id, "--submission", str(submission), "--seed", str(seed),
-                       "--runtime", runtime])
+from ..lab import find_lab
+from ..report.safe_text import printable
+from .outputs import error_report, replay_command, write_all
 
 
 def _unwind(signum, frame) -> None:
@@ -69,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--student", default="")
     parser.add_argument("--isolated", action="store_true", help="grade in the sandbox (grader/sandbox)")
+    parser.add_argument("--note", action="append", default=[], help="a note for the report (what unpacking left out)")
     args = parser.parse_args(argv)
     # SIGTERM from the batch (its deadline, or the batch being stopped): unwind, so grade() stops the
     # run's servers and services on the way out instead of leaving them to the guardian.
@@ -82,13 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     lab = find_lab(args.lab)
     try:
         report = grade(lab, args.submission, args.runtime, args.seed, args.out,
-                       say=lambda m: print(m, flush=True), **grade_options(args.isolated))
+                       say=lambda m: print(printable(m, multiline=True), flush=True), **grade_options(args.isolated))
     except Exception as e:  # grade() reports learner failures itself; this is the grader's own crash
         (args.out / "grader-error.txt").write_text(traceback.format_exc())
         report = error_report(lab, args.submission, f"the grader failed ({type(e).__name__}: {e}); not the "
                               f"student's code - see {args.out / 'grader-error.txt'}", args.runtime, args.seed or 0)
     if ORPHANED.is_set():
         return 1
+    report.notes += args.note
     extra = {"student": args.student, "replay": replay_command(lab, args.submission, report.seed, report.runtime)}
     write_all(report, args.out, extra)
     print(json.dumps({"score": report.score, "max_score": report.max_score, "seed": report.seed}), flush=True)

@@ -16,12 +16,14 @@ from collections import defaultdict
 from typing import Any
 
 from ..history import History, Op
+from .generic import unsettled
 from .result import CheckResult
 
 FRESH_WITHIN = 10.0  # s: after a PUT is acknowledged, reads invoked this much later return its version or newer
 STAMPEDE_MAX_READS = 1  # database reads of the hot key while N readers find it expired (a per-key lock) ...
 MIN_LOCK_LIFETIME = 1.0  # s: ... per lock lifetime (a holder slower than its lock's TTL is followed by another)
-RECOVER_WITHIN = 5.0  # s: a killed lock holder's waiters are answered within lock TTL (<= 3 s) + 2 s
+LOCK_TTL_MAX = 3.0  # s: a lock's TTL (read by the grader while its holder is alive), so a dead holder's lock expires
+ANSWERED_WITHIN = 15.0  # s: a killed holder's waiters are answered at all - far above any give-up (5 s) under load
 JITTER_MIN = 0.05  # keys filled together: their TTLs spread over >= 5 % of the median TTL
 OUTAGE_LATENCY = 5.0  # s: a read while Redis is down is answered within this (served from the database)
 HIT_RATIO_WITHIN = 4.0  # s after Redis is back: the hit ratio (measured at the database) is >= MIN_HIT_RATIO
@@ -48,6 +50,16 @@ def _ops(history: History, f: str, probe: str | None = None) -> list[Op]:
     return [op for op in history.ops(f) if probe is None or op.invoke.get("probe") == probe]
 
 
+def answered_version(op: Op) -> int | None:
+    """The version a GET answered: the body's, or 0 for a 404 (nothing yet: a product created since
+    must not stay "not found" - a negative cache entry is invalidated too)."""
+    if op.type == "ok" and isinstance(body(op).get("version"), int):
+        return body(op)["version"]
+    if op.result.get("status") == 404:
+        return 0
+    return None
+
+
 def acked_versions(history: History) -> dict[str, list[tuple[float, int]]]:
     acked: dict[str, list[tuple[float, int]]] = defaultdict(list)
     for op in _ops(history, "put"):
@@ -62,19 +74,22 @@ def check_freshness(history: History, **args: Any) -> CheckResult:
     """Reads invoked more than FRESH_WITHIN after a PUT was acknowledged return its version or a
     newer one; the cached version of a key (sampled by the grader) never goes back."""
     acked = acked_versions(history)
-    evidence, judged, worst = [], 0, 0.0
+    evidence, judged, worst, exposed = [], 0, 0.0, 0
     for op in _ops(history, "get"):
-        if op.type != "ok" or not isinstance(body(op).get("version"), int):
+        v = answered_version(op)
+        if v is None:
             continue
         judged += 1
-        v, pid = body(op)["version"], op.invoke.get("product")
+        pid = op.invoke.get("product")
+        exposed += any(t < op.t_invoke - FRESH_WITHIN for t, _ in acked.get(pid, []))
         newer = [(t, av) for t, av in acked.get(pid, []) if av > v and t < op.t_invoke]
         if not newer:
             continue
         t_first = min(t for t, _ in newer)
         worst = max(worst, op.t_invoke - t_first)
         if op.t_invoke - t_first > FRESH_WITHIN:
-            evidence.append(f"GET {pid} at t={op.t_invoke:.2f}s (request #{op.id}) returned version {v}; version "
+            answer = "404 (not found)" if v == 0 else f"version {v}"
+            evidence.append(f"GET {pid} at t={op.t_invoke:.2f}s (request #{op.id}) returned {answer}; version "
                             f"{max(av for _, av in newer)} had been acknowledged at t={t_first:.2f}s "
                             f"({op.t_invoke - t_first:.1f} s earlier, bound {FRESH_WITHIN:g} s)")
     regressions = []
@@ -90,6 +105,10 @@ def check_freshness(history: History, **args: Any) -> CheckResult:
             last[pid] = (e.t, v)
     if not judged:
         return CheckResult.error(message="no read was answered (the run did not get there)", **args)
+    if not exposed and not regressions:
+        return CheckResult.skip(args["id"], args["title"], args["max_points"],
+                                f"not judged: none of the {judged} answered reads came more than {FRESH_WITHIN:g} s after "
+                                f"a write of its product was acknowledged")
     evidence = regressions[:5] + evidence
     samples = len(history.observations("cache-sample"))
     return CheckResult.verdict(
@@ -174,42 +193,88 @@ def check_ttl_jitter(history: History, **args: Any) -> CheckResult:
 
 # --- lock safety ----------------------------------------------------------------------------------
 
+def _keys(keys: list[str]) -> str:
+    return ", ".join(keys[:2]) + (f" (+{len(keys) - 2})" if len(keys) > 2 else "")
+
+
 def check_lock_safety(history: History, **args: Any) -> CheckResult:
+    """Judged by what the grader saw of the locks themselves (keys under the run's prefix besides
+    the entries, read with its own client), never by how long something took on this machine:
+    - a SIGKILLed holder's lock has a TTL of at most LOCK_TTL_MAX, and its waiters are answered;
+    - a miss of a second key does not wait for the first key's lock (a lock per key);
+    - a holder that overran its lock's TTL does not delete (or overwrite) its successor's lock,
+      which the grader kept alive and watched while the first one finished."""
     kill = history.last_observation("lock-kill")
-    if not kill:
-        return CheckResult.error(message="the lock holder was never killed (the run did not get there)", **args)
-    evidence, lines = [], []
-    pid, t_kill = kill["product"], kill["t_kill"]
-    waiters = [op for op in _ops(history, "get", "lock-waiter") if op.invoke.get("product") == pid]
-    late = [op for op in waiters if op.type != "ok" or op.t_complete is None or op.t_complete - t_kill > RECOVER_WITHIN]
-    done = [op.t_complete - t_kill for op in waiters if op.type == "ok" and op.t_complete is not None]
-    lines.append(f"{len(waiters) - len(late)} of {len(waiters)} readers waiting on the killed holder's lock answered "
-                 f"within {RECOVER_WITHIN:g} s (last after {max(done, default=0):.2f} s)")
-    for op in late[:4]:
-        what = (f"{op.result.get('status') or 'no answer'}" if op.type != "ok" else
-                f"answered {op.t_complete - t_kill:.2f} s after the kill")
-        evidence.append(f"GET {pid} (request #{op.id}) waiting while the lock holder was SIGKILLed mid-fill at "
-                        f"t={t_kill:.2f}s: {what} (bound: lock TTL + 2 s = {RECOVER_WITHIN:g} s)")
+    two = history.last_observation("two-keys")
     overrun = history.last_observation("lock-overrun")
-    if overrun and "window" in overrun:
-        pid2, (w0, w1) = overrun["product"], overrun["window"]
-        extra = reads_of(history, pid2, w0, w1)
-        lines.append(f"overrun: {len(extra)} read(s) of {pid2} while the second holder was mid-fill")
-        if extra:
+    if not kill and not two and not overrun:
+        return CheckResult.error(message="no lock probe was played (the run did not get there)", **args)
+    evidence, lines, judged = [], [], 0
+    if kill:
+        judged += 1
+        pid, t_kill = kill["product"], kill["t_kill"]
+        waiters = [op for op in _ops(history, "get", "lock-waiter") if op.invoke.get("product") == pid]
+        late = [op for op in waiters if op.type != "ok" or op.t_complete is None or op.t_complete - t_kill > ANSWERED_WITHIN]
+        done = [op.t_complete - t_kill for op in waiters if op.type == "ok" and op.t_complete is not None]
+        lines.append(f"{len(waiters) - len(late)} of {len(waiters)} readers waiting on the killed holder's lock answered "
+                     f"(last after {max(done, default=0):.2f} s)")
+        for op in late[:4]:
+            what = (f"{op.result.get('status') or 'no answer'}" if op.type != "ok" else
+                    f"answered {op.t_complete - t_kill:.2f} s after the kill")
+            evidence.append(f"GET {pid} (request #{op.id}) waiting while the lock holder was SIGKILLed mid-fill at "
+                            f"t={t_kill:.2f}s: {what} (bound {ANSWERED_WITHIN:g} s)")
+        for key, pttl in sorted((kill.get("locks") or {}).items()):
+            if pttl == -1:
+                evidence.append(f"the lock {key} of the holder SIGKILLed at t={t_kill:.2f}s has no TTL (PTTL -1): a dead "
+                                f"holder's lock never expires and every later miss of {pid} waits for nothing")
+            elif pttl > LOCK_TTL_MAX * 1000:
+                evidence.append(f"the lock {key} of the holder SIGKILLed at t={t_kill:.2f}s had {pttl} ms left (> "
+                                f"{LOCK_TTL_MAX:g} s): its waiters wait that long for a dead holder")
+    if two and "reason" not in two:
+        judged += 1
+        pid, other, locks, others = two["product"], two["other"], two.get("locks") or [], two.get("other_locks") or []
+        if not locks:
+            lines.append(f"two keys not judged: the miss of {pid} took no lock the grader could see")
+        elif two.get("t_read") is None:
+            evidence.append(f"while the holder of {pid}'s lock ({_keys(locks)}) was slow (its database read held), a "
+                            f"miss of {other} (t={two['t_other']:.2f}s) did not read the database within 10 s: it waits "
+                            f"for another product's lock (one lock for every product?)")
+        elif not others:
+            evidence.append(f"while the holder of {pid}'s lock ({_keys(locks)}) was slow (its database read held), a "
+                            f"miss of {other} (t={two['t_other']:.2f}s) read the database only at t={two['t_read']:.2f}s "
+                            f"and under no lock of its own (no new lock key appeared; {_keys(locks)} was still held): "
+                            f"it waited for "
+                            f"{pid}'s lock - one lock for every product serializes every miss behind the slowest")
+        else:
+            lines.append(f"a miss of {other} took its own lock while {pid}'s holder was slow")
+    elif two:
+        lines.append(f"two keys not judged: {two['reason']}")
+    if overrun and "t_second" in overrun:
+        pid2, locks, lost = overrun["product"], overrun.get("locks") or [], overrun.get("lost")
+        if not locks:
+            lines.append(f"overrun not judged: the second holder of {pid2} held no lock the grader could see (a key "
+                         f"under the prefix besides the entries)")
+        else:
+            judged += 1
+            lines.append(f"overrun: the second holder's lock {'was ' + lost['how'] if lost else 'stayed'} while the first "
+                         f"one finished")
+        if lost:
+            w0 = overrun["window"][0]
+            extra = reads_of(history, pid2, lost["t"], overrun["window"][1])
+            after = (f"; then {len(extra)} more read(s) of {pid2} reached the database (t="
+                     f"{', '.join(f'{t:.2f}' for t in extra[:3])}s) while the second holder was mid-fill") if extra else ""
+            what = ("deleted" if lost["how"] == "deleted" else f"overwritten (it held {str(lost.get('now'))[:40]!r})")
             evidence.append(f"{pid2}: the first lock holder overran its lock's TTL and a second request took the lock "
-                            f"(t={overrun['t_second']:.2f}s{kept_alive(overrun)}); after the first one finished "
-                            f"(t={w0:.2f}s) {len(extra)} more "
-                            f"read(s) of {pid2} reached the database at t={', '.join(f'{t:.2f}' for t in extra[:3])}s while "
-                            f"the second holder was still mid-fill: the first holder's release deleted a lock it no "
-                            f"longer held")
+                            f"{lost['key']} (t={overrun['t_second']:.2f}s; the grader kept it alive since); the first one "
+                            f"finished (answered by t={w0:.2f}s) and the lock was {what} at t={lost['t']:.2f}s while its "
+                            f"holder was still mid-fill: a release that does not check its own token deletes a lock it "
+                            f"no longer holds{after}")
     elif overrun:
         lines.append(f"overrun not judged: {overrun.get('reason')}")
+    if not judged:
+        return CheckResult.skip(args["id"], args["title"], args["max_points"],
+                                "not judged: " + "; ".join(lines or ["no lock probe got to its event"]))
     return CheckResult.verdict(passed=not evidence, message="; ".join(lines), evidence=evidence, **args)
-
-
-def kept_alive(overrun: dict) -> str:
-    leases = overrun.get("leases") or []
-    return f"; the grader kept its lock {', '.join(leases[:2])} alive meanwhile" if leases else ""
 
 
 # --- the stale-set race and the final state ---------------------------------------------------------
@@ -248,6 +313,9 @@ def check_stale_set_race(history: History, **args: Any) -> CheckResult:
     if not history.last_observation("final-cache"):
         return CheckResult.error(message="the final cache state was never read (the run did not get there)", **args)
     evidence += final
+    waiting = unsettled(history)  # the versions were still moving when the grader compared them
+    if final:
+        evidence += waiting
     return CheckResult.verdict(passed=not evidence,
                                message=f"{len(probes)} slow misses interleaved with an update and its invalidation; "
                                        f"{n} products compared after quiescence, {len(final)} differ", evidence=evidence,
@@ -256,11 +324,24 @@ def check_stale_set_race(history: History, **args: Any) -> CheckResult:
 
 # --- Redis outage ------------------------------------------------------------------------------
 
+HANG = "one-way-cut"  # Redis takes requests and never answers: only a client's own timeouts end the wait
+STUCK_EARLY = 1.5  # s: reads sent this early in a hang that are answered only at its heal were stuck on Redis
+
+
 def outage_windows(history: History) -> list[tuple[str, float, float]]:
     from ..nemesis import fault_events
 
     return [(f"{f['fault']} {f['target']}", f["start"], f["end"]) for f in fault_events(history)
             if f["target"] == "redis" and f["effective"] and f["start"] is not None and f["end"] is not None]
+
+
+def stuck_in_hang(history: History, t0: float, t1: float) -> tuple[list[Op], list[Op]]:
+    """Reads sent in the first STUCK_EARLY s of a Redis hang, and those of them answered only once
+    the grader healed it (the heal resets the connections: a client without a socket timeout waits
+    for exactly that). An event, not a duration: a slow machine answers late, not at the heal."""
+    early = [op for op in _ops(history, "get") if t0 <= op.t_invoke <= t0 + STUCK_EARLY]
+    stuck = [op for op in early if op.t_complete is not None and op.t_complete >= t1]
+    return early, stuck
 
 
 def check_redis_outage(history: History, **args: Any) -> CheckResult:
@@ -275,6 +356,16 @@ def check_redis_outage(history: History, **args: Any) -> CheckResult:
             evidence.append(f"GET {op.invoke.get('product')} (request #{op.id}) during {name} "
                             f"(t={t0:.1f}-{t1:.1f}s): {op.result.get('status') or 'no answer'} "
                             f"{str(op.result.get('body') or op.result.get('error') or '')[:100]}")
+        if name.startswith(HANG):
+            slow = []  # judged by the heal, not by a clock
+            early, stuck = stuck_in_hang(history, t0, t1)
+            if early and 2 * len(stuck) > len(early):
+                op = stuck[0]
+                evidence.append(f"while Redis took requests and never answered ({name}, t={t0:.1f}-{t1:.1f}s), "
+                                f"{len(stuck)} of {len(early)} GETs sent in its first {STUCK_EARLY:g} s were answered only "
+                                f"when the grader healed the path (e.g. GET {op.invoke.get('product')}, request #{op.id}: "
+                                f"sent t={op.t_invoke:.2f}s, answered t={op.t_complete:.2f}s): the Redis client has no "
+                                f"socket timeout (services.common.cache.redis_client sets one)")
         for op in slow[:2]:
             evidence.append(f"GET {op.invoke.get('product')} (request #{op.id}) during {name}: answered after "
                             f"{op.t_complete - op.t_invoke:.2f} s (bound {OUTAGE_LATENCY:g} s: fail fast, serve from the "

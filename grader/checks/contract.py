@@ -70,4 +70,53 @@ def check_api_contract(history: History, **args) -> CheckResult:
         _case(cases, f"acknowledged request sent again after the API was SIGKILLed and restarted (key {op.invoke['key']})",
               f"the stored answer replayed: {_desc(original)} (request #{original.id})", op,
               status(op) == status(original) and op.result.get("body") == original.result.get("body"))
+    cases += retried_unknown_cases(history)
     return check_expectations(cases=cases, **args)
+
+
+def retried_after_unknown(history: History) -> dict[str, tuple[Op, list[Op]]]:
+    """key -> (its first place request whose outcome the client never learned, the requests sent
+    again with that key after it). A key retried after an unknown outcome: whatever the first one
+    did, the retry's answer must now say so."""
+    by_key: dict[str, list[Op]] = defaultdict(list)
+    for op in history.ops("place"):
+        if op.invoke.get("key"):
+            by_key[op.invoke["key"]].append(op)
+    out = {}
+    for key, ops in by_key.items():
+        first = next((op for op in ops if op.type == "info"), None)
+        later = [op for op in ops if first is not None and op.id > first.id
+                 and op.t_invoke >= (first.t_complete or first.t_invoke) and op.result.get("status")]
+        if first is not None and later:
+            out[key] = (first, later)
+    return out
+
+
+def retried_unknown_cases(history: History) -> list[Case]:
+    """A key retried after an unknown outcome whose order exists downstream must be answered 201 with
+    that order's id: the order was committed, so the key stands for it (a second transaction for the
+    stored answer leaves the key without one, and the retry fails although the order exists).
+    An order "exists for the key" when a downstream order has the key's body and no request was
+    ever answered with its id (bodies are drawn from ~80,000 values: a clash is rare)."""
+    from .orders import DOWNSTREAM, _body_key, placed  # orders imports nothing from here
+
+    seen = history.last_observation(DOWNSTREAM)
+    if not seen or seen.get("error"):
+        return []
+    claimed = set(placed(history))
+    unclaimed: dict[tuple, list[str]] = defaultdict(list)
+    for order_id, customer, amount, status in seen.get("orders", []):
+        if str(order_id) not in claimed and not (status == "cancelled" and amount == 0):
+            unclaimed[(str(customer), amount)].append(str(order_id))
+    cases = []
+    for key, (first, later) in sorted(retried_after_unknown(history).items()):
+        if any(op.type == "ok" for op in later):
+            continue  # answered 2xx with an id: the lost/duplicate checks judge that id downstream
+        orders = unclaimed.get(_body_key(first.invoke.get("body")) or (), [])
+        if orders:
+            last = later[-1]
+            cases.append(Case(f"key {key} retried after an unknown outcome (request #{first.id}: {_desc(first)}), "
+                              f"its order {orders[0]} exists downstream",
+                              f"201 with order_id {orders[0]}", _desc(last), False,
+                              f"request #{last.id}" + (f" (and {len(later) - 1} earlier retries)" if len(later) > 1 else "")))
+    return cases

@@ -43,6 +43,13 @@ def check_lost(id: str, title: str, max_points: float, acknowledged: Mapping[str
                                f"all {_plural(len(acknowledged), 'acknowledged item')} applied")
 
 
+def unsettled(history) -> list[str]:
+    """What the run was still waiting for when a quiescence wait gave up (observe quiesce): context
+    for a check that judges the final state."""
+    return [f"the run never settled: {', '.join(map(str, e.data.get('pending') or []))} still pending after "
+            f"{e.data.get('timeout')} s" for e in history.observations("quiesce") if e.data.get("settled") is False]
+
+
 def check_duplicates(id: str, title: str, max_points: float, expected: Mapping[str, float],
                      observed: Mapping[str, float], hint: str | None = None, unit: str = "") -> CheckResult:
     """Per-key totals must equal the expected ones: a larger total is an effect applied twice.

@@ -9,6 +9,7 @@ ended `info` may have taken effect once or not at all; one that ended `fail` mus
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 
 from ..history import History, Op
 from ..nemesis import fault_events
@@ -72,8 +73,8 @@ def fault_after(history: History, t: float | None) -> str:
         return ""
     bit = sorted((f for f in fault_events(history) if f["effective"] and f["end"] is not None and f["end"] >= t),
                  key=lambda f: f["start"] or 0)
-    after = [f for f in bit if (f["start"] or 0) <= t] or bit
-    if not after:
+    after = sorted((f for f in bit if (f["start"] or 0) <= t), key=lambda f: -(f["start"] or 0)) or bit
+    if not after:  # (of the faults under way, the one that began last: a cut beats a hold begun long before)
         return "; no fault after it"
     f = after[0]
     how = (f.get("detail") or {}).get("how")
@@ -103,15 +104,28 @@ def acknowledged(history: History) -> list[tuple[str, Op, str, bool]]:
     return out
 
 
+def unsettled(history: History) -> str:
+    """Why a loss may be a consumer still behind (the `quiesce` observation before the final read):
+    '' if everything had settled."""
+    seen = history.last_observation("quiesce")
+    if seen is None or seen.get("settled"):
+        return ""
+    return (f" (read after waiting {seen.get('timeout', 0):g} s for the system to settle, still pending: "
+            f"{', '.join(map(str, seen.get('pending') or [])) or '?'}: behind or stuck)")
+
+
 def check_no_lost_orders(history: History, **args) -> CheckResult:
     """Every acknowledged operation took effect downstream: each order answered 201 is there, and
     each order whose cancel was answered 200 is cancelled there."""
     if (bad := unreadable(history, **args)) is not None:
         return bad
-    acked = acknowledged(history)
-    return check_lost(acknowledged={label: f"{what} ({_detail(op)}{fault_after(history, op.t_complete)})"
-                                    for label, op, what, _ in acked},
-                      applied={label for label, _, _, applied in acked if applied}, **args)
+    acked, settling = acknowledged(history), unsettled(history)
+    result = check_lost(acknowledged={label: f"{what} ({_detail(op)}{fault_after(history, op.t_complete)})"
+                                      for label, op, what, _ in acked},
+                        applied={label for label, _, _, applied in acked if applied}, **args)
+    if not result.passed:
+        result.message += settling
+    return result
 
 
 def check_no_duplicate_effects(history: History, **args) -> CheckResult:
@@ -235,23 +249,139 @@ def check_no_phantoms(history: History, prefix: str = "reject-", **args) -> Chec
                                f"or downstream, none was acknowledged", **args)
 
 
-def lost_around(*faults: tuple[str, str | None], before: float = 10.0):
-    """A checker: every operation acknowledged from `before` seconds ahead of one of these faults
-    ((kind, target) pairs) until its end - in flight when it struck - took effect downstream."""
+OUTBOX = "outbox"  # observation (lab 2): the outbox rows (aggregateid, payload) as the grader read them
+
+
+@dataclass(frozen=True)
+class Loss:
+    """An acknowledged operation that never took effect downstream, and who lost it."""
+
+    label: str
+    op: Op
+    what: str
+    component: str | None  # "projector" | "relay" | "order service"; None when the run cannot tell
+    where: str  # what the grader's reads show, in words
+
+
+def _published(history: History) -> dict[tuple[str, str], str] | None:
+    """(order id, status) -> where its event is in the topic ("partition:offset"); None if not observed."""
+    if history.last_observation(EVENTS) is None:
+        return None
+    return {(str(p.get("order_id")), str(p.get("status"))): f"{r.get('partition')}:{r.get('offset')}"
+            for r, p in _payloads(history)}
+
+
+def _in_outbox(history: History) -> set[tuple[str, str]] | None:
+    """(order id, status) of every outbox row the grader read; None if it could not read them."""
+    import json
+
+    seen = history.last_observation(OUTBOX)
+    if seen is None or seen.get("error"):
+        return None
+    out = set()
+    for aggregate_id, payload in seen.get("rows", []):
+        try:
+            status = json.loads(payload).get("status") if isinstance(payload, str) else None
+        except (ValueError, AttributeError):
+            status = None
+        out.add((str(aggregate_id), str(status)))
+    return out
+
+
+def losses(history: History) -> list[Loss]:
+    """Every acknowledged operation missing downstream, attributed by what the grader read: its event
+    in the topic -> the projector lost it; in the outbox but not the topic -> the relay; in neither
+    -> the order service. (Lab 1 reads no topic: component None.)"""
+    published, outbox = _published(history), _in_outbox(history)
+    out = []
+    for label, op, what, applied in acknowledged(history):
+        if applied:
+            continue
+        order_id = _cancelled_id(op) if op.f == "cancel" else label
+        status = "cancelled" if op.f == "cancel" else "placed"
+        component, where = None, ""
+        if published is not None:
+            if (order_id, status) in published:
+                component, where = "projector", f"the relay published its event ({published[order_id, status]}); the projector never applied it"
+            elif outbox is not None and (order_id, status) not in outbox:
+                component, where = "order service", "no outbox row for it: the order service never wrote its event"
+            else:
+                component, where = "relay", "its event is not in the topic" + (": the relay never published its outbox row"
+                                                                              if outbox is not None else "")
+        out.append(Loss(label, op, what, component, where))
+    return out
+
+
+Claim = tuple[tuple[tuple[str, "str | None"], ...], "tuple[str, ...] | None"]  # (faults, components)
+
+
+def _windows(history: History, faults, before: float) -> list[tuple[float, float, str]]:
+    return [(f["start"] - before, f["end"], f.get("description") or f["fault"]) for f in fault_events(history)
+            if f["effective"] and f["start"] is not None and f["end"] is not None
+            and any(f["fault"] == k and (t is None or f["target"] == t) for k, t in faults)]
+
+
+BEFORE = 10.0  # an operation acknowledged this long before a fault was still in flight when it struck
+
+
+def claimed_by(history: History, loss: Loss, claim: Claim, before: float = BEFORE) -> tuple[float, float, str] | None:
+    """The window of one of the claim's faults the loss was acknowledged in, if its component is one
+    the claim judges (a relay check judges what the relay lost, not the projector's losses)."""
+    faults, components = claim
+    if components is not None and loss.component is not None and loss.component not in components:
+        return None
+    t = loss.op.t_complete or 0
+    return next((w for w in _windows(history, faults, before) if w[0] <= t <= w[1]), None)
+
+
+def _loss_line(history: History, loss: Loss) -> str:
+    return f"{loss.label}: {loss.what} ({_detail(loss.op)}{fault_after(history, loss.op.t_complete)})" + \
+        (f"; {loss.where}" if loss.where else "")
+
+
+def no_lost_except(*claims: Claim):
+    """check_no_lost_orders, leaving out the losses another check judges (`claims`, see lost_around):
+    each loss fails exactly one check."""
     def check(history: History, **args) -> CheckResult:
         if (bad := unreadable(history, **args)) is not None:
             return bad
-        windows = [(f["start"] - before, f["end"], f.get("description") or f["fault"]) for f in fault_events(history)
-                   if f["effective"] and any(f["fault"] == k and (t is None or f["target"] == t) for k, t in faults)]
-        acked = {label: (op, applied, w) for label, op, _, applied in acknowledged(history)
-                 for w in windows if w[0] <= (op.t_complete or 0) <= w[1]}
-        missing = [f"{label}: {_detail(op)}; in flight during: {w[2]} (t={w[0] + before:.1f}s)"
-                   for label, (op, applied, w) in sorted(acked.items()) if not applied]
+        settling = unsettled(history)
+        lost = [loss for loss in losses(history) if not any(claimed_by(history, loss, c) for c in claims)]
+        elsewhere = len(losses(history)) - len(lost)
+        acked = acknowledged(history)
+        note = f"; {elsewhere} more judged by the checks of the faults they met" if elsewhere else ""
+        if lost:
+            return CheckResult.verdict(passed=False, message=f"{len(lost)} of {len(acked)} acknowledged operations "
+                                       f"never took effect downstream{note}{settling}",
+                                       evidence=[_loss_line(history, loss) for loss in lost], **args)
+        return CheckResult.verdict(passed=True, message=f"all {len(acked)} acknowledged operations took effect "
+                                   f"downstream{note}", **args)
+    return check
+
+
+def lost_around(*faults: tuple[str, str | None], before: float = BEFORE, components: tuple[str, ...] | None = None,
+                unless: tuple[Claim, ...] = ()):
+    """A checker: every operation acknowledged from `before` seconds ahead of one of these faults
+    ((kind, target) pairs) until its end - in flight when it struck - took effect downstream. Only
+    losses of `components` count (None: any), and none another check claims (`unless`)."""
+    def check(history: History, **args) -> CheckResult:
+        if (bad := unreadable(history, **args)) is not None:
+            return bad
+        windows = _windows(history, faults, before)
+        acked = {label for label, op, _, _ in acknowledged(history)
+                 if any(w[0] <= (op.t_complete or 0) <= w[1] for w in windows)}
+        missing = []
+        for loss in losses(history):
+            w = claimed_by(history, loss, (faults, components), before)
+            if w is not None and not any(claimed_by(history, loss, c) for c in unless):
+                missing.append(f"{loss.label}: {_detail(loss.op)}; in flight during: {w[2]} (t={w[0] + before:.1f}s)"
+                               + (f"; {loss.where}" if loss.where else ""))
         if missing:
             return CheckResult.verdict(passed=False, message=f"{len(missing)} of {len(acked)} operations acknowledged "
                                        f"around the faults never took effect downstream", evidence=missing, **args)
         return CheckResult.verdict(passed=True, message=f"all {len(acked)} operations acknowledged around "
-                                   f"{len(windows)} fault(s) took effect downstream", **args)
+                                   f"{len(windows)} fault(s) took effect downstream" +
+                                   (" (or were lost by another component, judged elsewhere)" if components else ""), **args)
     return check
 
 

@@ -16,11 +16,11 @@ from typing import Callable, Sequence
 
 from ..history import History, Op
 from ..nemesis import fault_events
-from ..observe.amqp import BROKER_LOG, CHANNELS, CONSUMERS, DLQ, erlang_pid
+from ..observe.amqp import BROKER_LOG, CHANNELS, CONNECTIONS, CONSUMERS, DLQ, QUEUES, erlang_pid
 from ..traces import ExpectedError, RecordHeader, Redelivery, Sel, Step
 from ..workloads.gateway import CALL
 from ..workloads.payments import accepted, plans
-from .generic import check_lost
+from .generic import check_lost, unsettled
 from .orders import fault_after
 from .result import CheckResult
 from .tracing import ChainEvidence, ChainTitles, chain_trace_check
@@ -69,8 +69,42 @@ def overlapping_faults(history: History, t0: float, t1: float, kinds: Sequence[s
             and f["start"] <= t1 + 1.0 and (f["end"] or t1) >= t0 - 1.0]
 
 
+def gateway_charges(found: list[dict]) -> list[str]:
+    """The distinct charges the gateway approved for one payment (its calls, in order): a call
+    that replayed an earlier approval (the same idempotency key) is no new charge."""
+    out: list[str] = []
+    for c in found:
+        if c.get("status") != 200:
+            continue
+        charge = c.get("charge_id")
+        if charge is None:  # recorded before charge ids were: one charge per distinct key
+            charge = f"key {c.get('key')}"
+        if not c.get("replayed") and charge not in out:
+            out.append(charge)
+    return out
+
+
+def redelivered_after_charge(history: History, calls: dict[str, list[dict]]) -> list[str]:
+    """What shows that a payment the worker had charged reached it again (the event a double charge
+    needs): the gateway called again for a payment after approving it, or the worker SIGKILLed just
+    before an ack it was about to send (the delivery it had finished comes back)."""
+    seen = []
+    for p, found in sorted(calls.items()):
+        approved = [c["t_end"] for c in found if c.get("status") == 200]
+        if approved and any(c["t_start"] > min(approved) for c in found):
+            seen.append(f"payment {p} reached the gateway again after its approval ({_calls(found)})")
+    for f in fault_events(history):
+        d = f.get("detail") or {}
+        if f["effective"] and d.get("reached") and d.get("point") == "amqp-ack" and d.get("when") == "before":
+            seen.append(f"{f['target']} SIGKILLed just before an ack (t={f['start']:.1f}s): the delivery it had "
+                        f"finished was redelivered")
+    return seen
+
+
 def check_no_double_charge(history: History, **args) -> CheckResult:
-    """At most one charge row per payment id, for the amount requested; redeliveries absorbed."""
+    """At most one charge per payment id - at the gateway (distinct approved charges, the card's
+    view) and in `charges` (rows) - for the amount requested; judged only if a payment the worker
+    had charged reached it again (otherwise nothing could have charged twice: SKIP)."""
     if (bad := unreadable(history, **args)) is not None:
         return bad
     rows, amounts = charges(history)
@@ -81,6 +115,13 @@ def check_no_double_charge(history: History, **args) -> CheckResult:
         if isinstance(body, dict):
             requested.setdefault(str(body.get("payment_id")), body.get("amount_cents"))
     evidence = []
+    for payment_id, found in sorted(calls.items()):
+        approved = gateway_charges(found)
+        if len(approved) > 1:
+            keys = sorted({str(c.get("key")) for c in found if c.get("status") == 200})
+            evidence.append(f"payment {payment_id} charged {len(approved)} times by the gateway ({', '.join(approved[:3])}; "
+                            f"Idempotency-Key {', '.join(keys[:3])}; calls: {_calls(found)}): each attempt must send "
+                            f"the same key (the payment id){fault_after(history, found[0]['t_start'])}")
     for payment_id, n in sorted(rows.items()):
         if n > 1:
             first = calls.get(payment_id, [{}])[0].get("t_start")
@@ -94,10 +135,19 @@ def check_no_double_charge(history: History, **args) -> CheckResult:
         bit = Counter(f"{f['fault']} of {f['target']}" for f in fault_events(history) if f["effective"])
         evidence.append("faults that redeliver in this run: " + (", ".join(f"{k} x{n}" for k, n in sorted(bit.items()))
                                                                  or "none"))
-        return CheckResult.verdict(passed=False, message=f"{sum(1 for n in rows.values() if n > 1)} payment(s) charged "
-                                   f"more than once", evidence=evidence, **args)
-    return CheckResult.verdict(passed=True, message=f"{len(rows)} payments charged, each once; {redelivered} repeated "
-                               f"gateway call(s) (retries, redeliveries) became no second charge", **args)
+        doubled = {p for p, n in rows.items() if n > 1} | {p for p, found in calls.items()
+                                                          if len(gateway_charges(found)) > 1}
+        return CheckResult.verdict(passed=False, message=f"{len(doubled)} payment(s) charged more than once",
+                                   evidence=evidence, **args)
+    again = redelivered_after_charge(history, calls)
+    if not again:
+        return CheckResult.skip(args["id"], args["title"], args["max_points"],
+                                "not judged: no payment the worker had charged ever reached it again (no gateway call "
+                                "after an approval, no crash just before an ack), so nothing could charge twice - a "
+                                "worker that acks automatically never sees a redelivery")
+    return CheckResult.verdict(passed=True, message=f"{len(rows)} payments charged, each once (at the gateway and in "
+                               f"charges); {len(again)} redelivery(ies) of a charged payment, e.g. {again[0]}; "
+                               f"{redelivered} repeated gateway call(s) became no second charge", **args)
 
 
 def check_no_lost_payment(history: History, **args) -> CheckResult:
@@ -110,8 +160,15 @@ def check_no_lost_payment(history: History, **args) -> CheckResult:
     acked = {p: op for p, op in accepted(history).items() if p not in poison}
     result = check_lost(acknowledged={p: f"{_op(op)}{fault_after(history, op.t_complete)}" for p, op in acked.items()},
                         applied=set(rows), **args)
+    # where missing ones may be: still queued, or the run never settled
+    left = {q: n for q, n in ((history.last_observation(QUEUES) or {}).get("queues") or {}).items() if n}
+    waiting = unsettled(history)
     if result.passed:
         result.message = f"all {len(acked)} accepted payments charged"
+    else:
+        result.evidence += ([f"messages still ready at the end: {', '.join(f'{q} {n}' for q, n in sorted(left.items()))} "
+                             f"(not consumed: the worker stopped consuming, or never came back)"] if left else [])
+        result.evidence += waiting
     return result
 
 
@@ -146,16 +203,26 @@ def check_poison_to_dlq(max_attempts: int, work_queue: Callable[[History], str])
             where = f"gateway calls: {len(made)} ({_calls(made)[:200]})"
             if rows.get(p):
                 evidence.append(f"poison payment {p} was charged ({where})")
+            refused = [c for c in made if c.get("status") == 422]
+            again = [c for c in made if refused and c["t_start"] > refused[0]["t_end"]]
             if len(made) > max_attempts:
                 evidence.append(f"poison payment {p}: {len(made)} attempts, at most {max_attempts} allowed ({where})")
+            elif again and not overlapping_faults(history, refused[0]["t_start"], again[-1]["t_end"]):
+                evidence.append(f"poison payment {p}: the gateway refused it (422, a permanent error) and it was called "
+                                f"again {len(again)} time(s) with no fault in between ({where}): a permanent error is "
+                                f"not retried, it is dead-lettered at once")
             if not in_dlq.get(p):
                 evidence.append(f"poison payment {p} is not in the dead-letter queue {dlq.get('queue')} ({where})")
                 continue
             deaths = [d for m in in_dlq[p] for d in _x_death(m)]
+            shown = [(d.get("reason"), d.get("queue"), d.get("count")) for d in deaths]
             if not any(d.get("reason") == "rejected" and d.get("queue") == queue for d in deaths):
-                shown = [(d.get("reason"), d.get("queue"), d.get("count")) for d in deaths]
                 evidence.append(f"poison payment {p} dead-lettered with x-death {shown or 'missing'}, expected reason "
                                 f"'rejected' from {queue} (basic_reject with requeue=False)")
+            elif any(d.get("queue") != queue or int(d.get("count") or 1) > 1 for d in deaths):
+                evidence.append(f"poison payment {p} died more than once before the dead-letter queue (x-death "
+                                f"{shown}): it went through a retry queue; a permanent error (422) is rejected on "
+                                f"its first delivery")
         first = min((c["t_start"] for p in judged for c in calls.get(p, [])), default=None)
         others = sum(1 for p, found in calls.items() if p not in poison
                      for c in found if c["status"] == 200 and first is not None and c["t_start"] > first)
@@ -227,6 +294,11 @@ def check_prefetch(limit: int, work_queue: Callable[[History], str]):
         samples = [(e.t, ch) for e in history.observations(CHANNELS) for ch in e.data.get("channels", [])
                    if ch.get("consumers")]
         evidence = []
+        unbounded = {c["channel"] for c in consumers if c.get("ack_required") and c.get("prefetch") == 0}
+        if unbounded:
+            evidence.append(f"{len(unbounded)} consumer(s) of {queue} with no prefetch bound of their own (the broker "
+                            f"lists prefetch 0 for the consumer, whatever the channel says now): basic_qos must come "
+                            f"before basic_consume - it applies to consumers created after it")
         auto = {c["channel"] for c in consumers if not c.get("ack_required")}
         if auto:
             evidence.append(f"{len(auto)} consumer(s) of {queue} with automatic acks (no_ack): a message counts as "
@@ -273,6 +345,16 @@ def check_heartbeats(heartbeat: float):
         closed_at = [(t, line) for t, line in zip(seen_log.get("at", []), log_lines)
                      if t is not None and erlang_pid(line) in consuming]
         evidence, judged, skipped = [], 0, 0
+        # the negotiated heartbeat of each consumer's connection (read from the broker): 0 means the
+        # broker never notices a dead or blocked worker, whatever load the run had
+        seen_hb = {erlang_pid(c["pid"]): c["heartbeat"] for e in history.observations(CONNECTIONS)
+                   for c in e.data.get("connections", [])}
+        disabled = sorted({pid for pid in consuming if seen_hb.get(pid) == 0})
+        if disabled:
+            judged += 1
+            evidence.append(f"{len(disabled)} consuming connection(s) negotiated heartbeat 0 (rabbitmqctl list_connections "
+                            f"timeout; the grader asked for {heartbeat:g} s in AMQP_URL): heartbeats are disabled, "
+                            f"so a blocked or half-dead worker keeps its deliveries for ever")
         for p, plan in sorted(slow.items()):
             made = calls.get(p, [])
             if p not in acked or not made:

@@ -17,7 +17,7 @@ class CheckResult:
     evidence: list[str] = field(default_factory=list)  # keys and details a learner can look up
     hint: str | None = None
     duration: float = 0.0
-    skipped: bool = False  # the grader could not offer this check here: it does not count either way
+    skipped: bool = False  # its faults did not happen here: 0 of its points, the maximum stays (one rule, every format)
     errored: bool = False  # the check could not run (e.g. the service crashed): no points
     visibility: str = "public"  # from lab.toml: "hidden" checks are shown to students after the due date
 
@@ -44,7 +44,7 @@ class CheckResult:
 
     @classmethod
     def skip(cls, id: str, title: str, max_points: float, message: str) -> "CheckResult":
-        """The grader cannot run this check here (e.g. a fault this runtime lacks): left out of the score."""
+        """The check could not be verified (its faults did not happen): 0 of its points, the maximum stays."""
         return cls(id, title, False, 0.0, max_points, message, skipped=True)
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 from ..history import History
 from ..nemesis import fault_events
-from ..otlp import spans_from_history
+from ..otlp import capped_limits, spans_from_history
 from ..report.waterfall import faults_in_span_clock
 from ..traces import (ExpectedError, Operation, RecordHeader, Redelivery, Sel, Step, check_connected_traces,
                       check_error_status, check_no_secret_leaks, check_redelivery, check_semantic_conventions,
@@ -87,7 +87,12 @@ def chain_trace_check(chain: list[Step], evidence: Callable[[History], ChainEvid
         if history.last_observation("shutdown"):
             results.append(check_spans_after_shutdown(spans, ops, [Sel(service=services[0]), Sel(service=services[-1])],
                                                       faults=faults, title="spans flushed on SIGTERM", **sub))
-        return combine(args["id"], args["title"], args["max_points"], results, hint=args.get("hint"))
+        result = combine(args["id"], args["title"], args["max_points"], results, hint=args.get("hint"))
+        capped = capped_limits(history)  # spans missing because the services sent too many: say so
+        if capped and not result.passed:
+            result.message = f"{result.message}; {capped[0]}"
+            result.evidence[:0] = capped
+        return result
 
     return check
 

@@ -81,7 +81,6 @@ class Fault(ABC):
     """
 
     kind: ClassVar[str]
-    successor: "Fault | None" = None  # the next fault of its schedule, so one can prepare the other
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -174,14 +173,26 @@ def fault_events(history: "History") -> list[dict]:
     return list(faults.values())
 
 
+BOUNDARIES = "boundaries"  # a check's need: every boundary of the target's unit of work killed just after
+
+
 def happened(history: "History", kind: str, target: str | None = None) -> bool:
-    """Did at least one fault of this kind (on this target) bite during the run?"""
+    """Did at least one fault of this kind (on this target) bite during the run? (kind "boundaries":
+    was the target killed just after every boundary position its sweep saw?)"""
+    if kind == BOUNDARIES:
+        from .boundaries import coverage_gaps
+
+        return coverage_gaps(history, str(target)) is None
     return any(f["effective"] and f["fault"] == kind and (target is None or f["target"] == target)
                for f in fault_events(history))
 
 
 def why_not(history: "History", kind: str, target: str | None = None) -> str:
     """A reason a learner can read when a needed fault did not happen."""
+    if kind == BOUNDARIES:
+        from .boundaries import coverage_gaps
+
+        return coverage_gaps(history, str(target)) or ""
     matching = [f for f in fault_events(history) if f["fault"] == kind and (target is None or f["target"] == target)]
     what = f"{kind}" + (f" of {target}" if target else "")
     for f in matching:

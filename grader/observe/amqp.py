@@ -23,14 +23,25 @@ if TYPE_CHECKING:
 
 CHANNELS = "amqp-channels"  # observe: [{pid, connection, prefetch, unacked, consumers}] of the run's vhost
 CONSUMERS = "amqp-consumers"  # observe: [{queue, channel, ack_required, prefetch}]
+CONNECTIONS = "amqp-connections"  # observe: [{pid, heartbeat}] of the run's vhost (the negotiated timeout)
 QUEUES = "amqp-queues"  # observe: {queue: ready}
 DLQ = "amqp-dlq"  # observe: messages of the dead-letter queue with their x-death headers
 BROKER_LOG = "amqp-broker-log"  # observe: lines of the broker's log that matter (missed heartbeats)
 
 
 def _ctl(run: "Run") -> Callable[..., str] | None:
+    """rabbitmqctl for this run's node: the native node's, or the one inside the Docker container."""
     server = run.stack.servers.get("rabbitmq")
-    return getattr(server, "rabbitmqctl", None)
+    return getattr(server, "rabbitmqctl", None) or getattr(server, "inspect", None)
+
+
+def _vhost(run: "Run") -> str:
+    """The vhost the run's services use: their own (native), or the admin URL's where the runtime
+    cannot create users and vhosts (Docker: "/")."""
+    from urllib.parse import unquote, urlsplit
+
+    path = urlsplit(run.ns.service_url("rabbitmq")).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
 
 
 def _rows(text: str, names: list[str]) -> list[dict[str, str]]:
@@ -50,7 +61,7 @@ def observe_channels(run: "Run", history: History, timeout: float = 20) -> list[
     names = ["pid", "connection", "vhost", "prefetch_count", "messages_unacknowledged", "consumer_count"]
     rows = _rows(ctl("list_channels", *names, "--no-table-headers", "-q", timeout=timeout), names)
     channels = [{"pid": r["pid"], "connection": r["connection"], "prefetch": int(r["prefetch_count"]), "unacked": int(r["messages_unacknowledged"]),
-                 "consumers": int(r["consumer_count"])} for r in rows if r["vhost"] == run.ns.name]
+                 "consumers": int(r["consumer_count"])} for r in rows if r["vhost"] == _vhost(run)]
     history.observe(CHANNELS, channels=channels)
     return channels
 
@@ -60,12 +71,25 @@ def observe_consumers(run: "Run", history: History, timeout: float = 20) -> list
     if ctl is None:
         return None
     names = ["queue_name", "channel_pid", "ack_required", "prefetch_count"]
-    rows = _rows(ctl("list_consumers", "-p", run.ns.name, *names, "--no-table-headers", "-q", timeout=timeout),
+    rows = _rows(ctl("list_consumers", "-p", _vhost(run), *names, "--no-table-headers", "-q", timeout=timeout),
                  names)
     consumers = [{"queue": r["queue_name"], "channel": r["channel_pid"], "ack_required": r["ack_required"] == "true",
                   "prefetch": int(r["prefetch_count"])} for r in rows]
     history.observe(CONSUMERS, consumers=consumers)
     return consumers
+
+
+def observe_connections(run: "Run", history: History, timeout: float = 20) -> list[dict] | None:
+    """Connections of this run's vhost with their negotiated heartbeat (0: heartbeats disabled)."""
+    ctl = _ctl(run)
+    if ctl is None:
+        return None
+    names = ["pid", "vhost", "timeout"]
+    rows = _rows(ctl("list_connections", *names, "--no-table-headers", "-q", timeout=timeout), names)
+    connections = [{"pid": r["pid"], "heartbeat": int(r["timeout"])} for r in rows
+                   if r["vhost"] == _vhost(run) and r["timeout"].isdigit()]
+    history.observe(CONNECTIONS, connections=connections)
+    return connections
 
 
 def channel_sampler(every: float = 4.0, consumers_every: int = 2):

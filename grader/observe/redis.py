@@ -40,16 +40,13 @@ class RedisObserver:
         """End the key's life now, as its TTL would (the grader's admin DEL)."""
         return bool(self.client.delete(key))
 
-    def extend_leases(self, prefix: str, ident: str, besides: str, ms: int) -> list[str]:
-        """Keep alive every key under `prefix` that names `ident` and has a TTL (a lock is a lease),
-        `besides` the cache entry: PEXPIRE to `ms`. The keys extended."""
-        pattern = glob_escape(prefix) + "*" + glob_escape(ident) + "*"
-        extended = []
-        for raw in self.client.scan_iter(match=pattern, count=1000):
-            key = raw.decode(errors="replace")
-            if key != besides and self.client.pttl(key) > 0 and self.client.pexpire(key, ms):
-                extended.append(key)
-        return extended
+    def other_keys(self, prefix: str, besides: str) -> dict[str, dict[str, Any]]:
+        """Every key under `prefix` that does not start with `besides` (the cache entries), with its
+        value and PTTL: a submission's locks are among them (their names are the submission's)."""
+        keys = [raw.decode(errors="replace") for raw in self.client.scan_iter(match=glob_escape(prefix) + "*",
+                                                                              count=1000)]
+        return {k: e for k, e in self.entries([k for k in keys if not k.startswith(besides)]).items()
+                if e["pttl_ms"] != -2}
 
     def version(self, key: str) -> int | None:
         raw = self.client.get(key)

@@ -16,25 +16,37 @@ OTLP/gRPC (`TraceService/Export`) listens on a second port when grpcio is import
 opentelemetry-exporter-otlp); services get the HTTP endpoint by default (`env()`).
 
 Each span is recorded in the history as one `span` event (see `spans.Span.record`); rejected bodies
-as `note` events, so a run's evidence says when a service's spans were refused.
+as `note` events (the first few), so a run's evidence says when a service's spans were refused.
+
+The receiver runs outside the sandbox, in the grader, and what it is sent is the submission's:
+`ReceiverLimits` caps, per run, the spans and span bytes kept, each request's bytes (as sent and after
+gzip), the connections open at once and how long one may idle. It is one thread (an asyncio event loop
+with h11 for HTTP/1.1), whatever the submission opens. What goes over a limit is counted and dropped,
+and the history gets one `note` with `otlp_capped` saying which limit, so a trace check can tell the
+learner "your services sent more than N spans" rather than silently missing spans.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
+
+import h11
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (ExportTraceServiceRequest,
                                                                         ExportTraceServiceResponse)
 
-from .spans import SPAN_EVENT, Span, decode_request
+from .spans import SPAN_EVENT, Span, decode_span, service_of
 
 MAX_BODY = 8 * 1024 * 1024
+MAX_REFUSAL_NOTES = 20  # refused bodies noted one by one in the history; past this, only counted
+MAX_REASON = 300  # characters of a refusal's reason (decoder messages may quote the body)
 TRACES_PATH = "/v1/traces"
 OTHER_SIGNALS = ("/v1/metrics", "/v1/logs")  # a service exporting these too gets a 200, nothing is kept
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
@@ -122,32 +134,53 @@ def _rewrite_ids(obj: Any) -> None:
                 raise ValueError(f"{name} {obj[name]!r} is not a hex id") from None
 
 
+@dataclass(frozen=True)
+class ReceiverLimits:
+    """What one run's services may make the grader's receiver hold."""
+
+    max_body: int = MAX_BODY          # bytes of one request, as sent and after gzip (a bomb stays small)
+    max_spans: int = 20_000           # spans kept per run (the references send a few hundred)
+    max_span_bytes: int = 32 << 20    # encoded bytes of the spans kept per run
+    max_connections: int = 16         # open at once; one more is closed as soon as it is accepted
+    idle_timeout: float = 30.0        # seconds a connection may wait between two reads
+
+
 class OtlpReceiver:
     """Collects spans over OTLP into `history` (and its own list). Use `with OtlpReceiver(h) as r:`."""
 
-    def __init__(self, history=None, *, grpc: bool = True, max_body: int = MAX_BODY, actor: str = "otlp") -> None:
-        self.history, self.max_body, self.actor = history, max_body, actor
+    def __init__(self, history=None, *, grpc: bool = True, max_body: int | None = None, actor: str = "otlp",
+                 limits: ReceiverLimits | None = None) -> None:
+        limits = limits or ReceiverLimits()
+        if max_body is not None:
+            limits = ReceiverLimits(**{**limits.__dict__, "max_body": max_body})
+        self.history, self.limits, self.actor = history, limits, actor
+        self.max_body = limits.max_body
         self.want_grpc = grpc
         self.requests = 0  # accepted export requests (HTTP and gRPC)
         self.rejected = 0  # refused HTTP bodies (400/411/413/415)
+        self.received_spans = 0  # spans decoded from accepted requests (kept or not)
+        self.dropped_spans = 0  # of those, over the run's limits
+        self.dropped_requests = 0  # requests not even decoded: the span limit was already reached
+        self.received_bytes = 0  # request bodies as sent, refused ones included
+        self.refused_connections = 0  # over max_connections
+        self.capped: set[str] = set()  # which limits were hit (each noted once in the history)
         self._spans: list[Span] = []
+        self._kept_bytes = 0
         self._lock = threading.Lock()
-        self._http: ThreadingHTTPServer | None = None
+        self._http: _HttpServer | None = None
         self._grpc = None
         self.grpc_port: int | None = None
 
     # lifecycle
     def start(self) -> "OtlpReceiver":
-        self._http = _HttpServer(self)
-        threading.Thread(target=self._http.serve_forever, args=(0.05,), name="otlp-http", daemon=True).start()
+        self._http = _HttpServer(self).start()
         if self.want_grpc:
             self._start_grpc()
         return self
 
     def stop(self) -> None:
         if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
+            self._http.stop()
             self._http = None
         if self._grpc is not None:
             self._grpc.stop(grace=1).wait(5)
@@ -170,7 +203,7 @@ class OtlpReceiver:
     @property
     def port(self) -> int:
         assert self._http is not None, "the receiver is not started"
-        return self._http.server_address[1]
+        return self._http.port
 
     @property
     def endpoint(self) -> str:
@@ -199,75 +232,208 @@ class OtlpReceiver:
         with self._lock:
             return list(self._spans)
 
+    def full(self) -> bool:
+        """The run's span limit is reached: further requests are answered but not decoded."""
+        return len(self._spans) >= self.limits.max_spans
+
     # what the servers call
     def accept(self, request: ExportTraceServiceRequest) -> int:
-        spans = decode_request(request)
+        """Keep the request's spans while the run's limits allow; count the rest. Returns spans kept."""
+        kept: list[Span] = []
+        received = 0
+        over = ""
+        for resource_spans in request.resource_spans:
+            service = service_of(resource_spans)
+            for scope_spans in resource_spans.scope_spans:
+                received += len(scope_spans.spans)
+                if over:
+                    continue  # counted, not decoded
+                for pb in scope_spans.spans:
+                    size = pb.ByteSize()
+                    with self._lock:
+                        if len(self._spans) + len(kept) >= self.limits.max_spans:
+                            over = "spans"
+                        elif self._kept_bytes + size > self.limits.max_span_bytes:
+                            over = "span_bytes"
+                        else:
+                            self._kept_bytes += size
+                    if over:
+                        break
+                    kept.append(decode_span(pb, service))
         with self._lock:
-            self._spans += spans
+            self._spans += kept
             self.requests += 1
+            self.received_spans += received
+            self.dropped_spans += received - len(kept)
         if self.history is not None:
-            for span in spans:
+            for span in kept:
                 self.history.record(SPAN_EVENT, self.actor, **span.record())
-        return len(spans)
+        if over:
+            self._cap(over)
+        return len(kept)
+
+    def drop_request(self) -> None:
+        """A request that arrived after the span limit was reached: answered, counted, not decoded."""
+        with self._lock:
+            self.dropped_requests += 1
+        self._cap("spans")
+
+    def count_bytes(self, size: int) -> None:
+        with self._lock:
+            self.received_bytes += size
+
+    def refuse_connection(self) -> None:
+        with self._lock:
+            self.refused_connections += 1
+        self._cap("connections")
 
     def refuse(self, status: int, reason: str) -> None:
         with self._lock:
             self.rejected += 1
+            rejected = self.rejected
+        if self.history is None:
+            return
+        if rejected <= MAX_REFUSAL_NOTES:
+            self.history.record("note", self.actor, message=f"OTLP body refused with HTTP {status}: "
+                                                            f"{reason[:MAX_REASON]}")
+        elif rejected == MAX_REFUSAL_NOTES + 1:
+            self.history.record("note", self.actor, message=f"more than {MAX_REFUSAL_NOTES} OTLP bodies were "
+                                                            "refused; the rest are counted, not noted")
+
+    def _cap(self, which: str) -> None:
+        """Note in the history, once per limit, that the submission went over it."""
+        with self._lock:
+            if which in self.capped:
+                return
+            self.capped.add(which)
+        limit, what = {"spans": (self.limits.max_spans, "spans"),
+                       "span_bytes": (self.limits.max_span_bytes, "bytes of spans"),
+                       "connections": (self.limits.max_connections, "connections open at once")}[which]
         if self.history is not None:
-            self.history.record("note", self.actor, message=f"OTLP body refused with HTTP {status}: {reason}")
+            self.history.record("note", self.actor, otlp_capped=which, limit=limit,
+                                message=f"the services sent more than {limit} {what} to the grader's OTLP "
+                                        f"receiver; the rest was dropped")
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True
+def capped_limits(history) -> list[str]:
+    """The receiver's notes of limits the services went over (for a trace check's message)."""
+    return [e.data["message"] for e in history.events("note") if e.data.get("otlp_capped")]
+
+
+class _HttpServer:
+    """OTLP/HTTP on one thread: an asyncio loop, h11 for the protocol, at most max_connections open."""
 
     def __init__(self, receiver: OtlpReceiver) -> None:
         self.receiver = receiver
-        super().__init__(("127.0.0.1", 0), _Handler)
+        self.limits = receiver.limits
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self.open = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="otlp-http", daemon=True)
 
+    def start(self) -> "_HttpServer":
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._connection, "127.0.0.1", 0, backlog=128), self.loop).result(30)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: the exporters reuse one connection
-    server: _HttpServer
-
-    def do_POST(self) -> None:
-        receiver = self.server.receiver
-        path = self.path.split("?")[0]
-        if path not in (TRACES_PATH, *OTHER_SIGNALS):
-            return self._refuse(404, f"only {TRACES_PATH} is served here", drain=False)
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            return self._refuse(411, "a Content-Length is required", drain=False)
-        if int(length) > receiver.max_body:
-            return self._refuse(413, f"the body is {length} bytes, over the {receiver.max_body}-byte limit",
-                                drain=False)
-        body = self.rfile.read(int(length))
-        content_type = self.headers.get("Content-Type", "")
-        if path in OTHER_SIGNALS:  # accepted and dropped: the checks judge traces only
-            return self._answer(200, JSON, b"{}") if content_type.startswith(JSON) else self._answer(200, PROTOBUF, b"")
+    def stop(self) -> None:
+        async def close() -> None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            await self._server.wait_closed()
         try:
-            request = parse_body(body, content_type, self.headers.get("Content-Encoding", ""), receiver.max_body)
-        except BodyError as e:
-            return self._refuse(e.status, e.reason, drain=True)
-        receiver.accept(request)
-        if content_type.split(";")[0].strip().lower() == JSON:
-            self._answer(200, JSON, json_format.MessageToJson(ExportTraceServiceResponse()).encode())
+            asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            if not self.loop.is_running():
+                self.loop.close()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open >= self.limits.max_connections:
+            self.receiver.refuse_connection()
+            writer.transport.abort()
+            return
+        self.open += 1
+        self._writers.add(writer)
+        try:
+            await self._serve(h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024), reader, writer)
+        except (ConnectionError, asyncio.TimeoutError, h11.ProtocolError, OSError):
+            pass  # a client that breaks the protocol or goes quiet loses its connection, nothing else
+        finally:
+            self.open -= 1
+            self._writers.discard(writer)
+            writer.transport.abort()
+
+    async def _next(self, conn: h11.Connection, reader: asyncio.StreamReader):
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await asyncio.wait_for(reader.read(65536), self.limits.idle_timeout)
+            conn.receive_data(data)  # b"": the client closed
+
+    async def _serve(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            event = await self._next(conn, reader)
+            if not isinstance(event, h11.Request):
+                return  # closed (or a protocol h11 refused)
+            status, content_type, body = await self._answer_request(conn, reader, event)
+            keep = conn.their_state is h11.DONE
+            headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+            if not keep:
+                headers.append(("Connection", "close"))
+            writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
+            writer.write(conn.send(h11.Data(data=body)))
+            writer.write(conn.send(h11.EndOfMessage()))
+            await asyncio.wait_for(writer.drain(), self.limits.idle_timeout)
+            if not keep or conn.our_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _answer_request(self, conn: h11.Connection, reader: asyncio.StreamReader,
+                              request: h11.Request) -> tuple[int, str, bytes]:
+        receiver = self.receiver
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
+        path = request.target.decode("latin-1").split("?")[0]
+        if request.method != b"POST" or path not in (TRACES_PATH, *OTHER_SIGNALS):
+            return self._refuse(404, f"only POST {TRACES_PATH} is served here")
+        length = headers.get("content-length")
+        if length is None or not length.isdigit():
+            return self._refuse(411, "a Content-Length is required")
+        if int(length) > receiver.max_body:
+            return self._refuse(413, f"the body is {length} bytes, over the {receiver.max_body}-byte limit")
+        body = bytearray()
+        while True:
+            event = await self._next(conn, reader)
+            if isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise ConnectionError("the client went away mid-request")
+        receiver.count_bytes(len(body))
+        content_type = headers.get("content-type", "")
+        as_json = content_type.split(";")[0].strip().lower() == JSON
+        if path in OTHER_SIGNALS:  # accepted and dropped: the checks judge traces only
+            return (200, JSON, b"{}") if as_json else (200, PROTOBUF, b"")
+        if receiver.full():
+            receiver.drop_request()
         else:
-            self._answer(200, PROTOBUF, ExportTraceServiceResponse().SerializeToString())
+            try:
+                parsed = parse_body(bytes(body), content_type, headers.get("content-encoding", ""), receiver.max_body)
+            except BodyError as e:
+                return self._refuse(e.status, e.reason)
+            receiver.accept(parsed)
+        if as_json:
+            return 200, JSON, json_format.MessageToJson(ExportTraceServiceResponse()).encode()
+        return 200, PROTOBUF, ExportTraceServiceResponse().SerializeToString()
 
-    def _refuse(self, status: int, reason: str, drain: bool) -> None:
-        self.server.receiver.refuse(status, reason)
-        if not drain:  # the body was not read: the connection cannot carry another request
-            self.close_connection = True
-        self._answer(status, "text/plain; charset=utf-8", reason.encode())
-
-    def _answer(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:  # the history records what matters
-        pass
+    def _refuse(self, status: int, reason: str) -> tuple[int, str, bytes]:
+        self.receiver.refuse(status, reason)
+        return status, "text/plain; charset=utf-8", reason.encode()

@@ -102,11 +102,18 @@ def attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
     return {kv.key: value(kv.value) for kv in kvs}
 
 
+def service_of(resource_spans) -> str:
+    """The service.name of a ResourceSpans (the SDKs' default when it has none)."""
+    for kv in resource_spans.resource.attributes:
+        if kv.key == "service.name":
+            return str(value(kv.value) or UNKNOWN_SERVICE)
+    return UNKNOWN_SERVICE
+
+
 def decode_request(request: ExportTraceServiceRequest) -> list[Span]:
     spans = []
     for resource_spans in request.resource_spans:
-        resource = attributes(resource_spans.resource.attributes)
-        service = str(resource.get("service.name") or UNKNOWN_SERVICE)
+        service = service_of(resource_spans)
         for scope_spans in resource_spans.scope_spans:
             spans += [decode_span(s, service) for s in scope_spans.spans]
     return spans

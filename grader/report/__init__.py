@@ -29,6 +29,7 @@ class RunReport:
     logs: dict[str, str] = field(default_factory=dict)  # service -> log tail
     crashed: list[str] = field(default_factory=list)  # services that died on their own: their logs are shown
     faults: list[dict] = field(default_factory=list)  # injected faults: fault, target, start, end, effective, ...
+    only: list[str] = field(default_factory=list)  # `labkit check --only`: the checks this partial run judged
 
     @property
     def counted(self) -> list[CheckResult]:
@@ -48,10 +49,28 @@ class RunReport:
     def passed(self) -> bool:
         return bool(self.counted) and all(r.passed for r in self.counted)
 
-    def logs_to_show(self) -> dict[str, str]:
-        """Log tails worth a learner's attention: crashed services, and any with a traceback."""
-        return {name: log for name, log in self.logs.items()
-                if log.strip() and (name in self.crashed or "Traceback (most recent call last)" in log)}
+    def logs_to_show(self, lines: int = 20) -> dict[str, str]:
+        """Log tails worth a learner's attention, without the clients' chatter about the grader's
+        faults (grader/report/logs.py): crashed services, and any with a traceback of its own."""
+        from .logs import has_own_traceback, quiet
+
+        shown = {}
+        for name, log in self.logs.items():
+            if log.strip() and (name in self.crashed or has_own_traceback(log)):
+                kept = quiet(log).splitlines()
+                shown[name] = "\n".join(kept[-lines:])
+        return {name: log for name, log in shown.items() if log.strip()}
 
     def replay_command(self) -> str:
-        return f"labkit check {self.lab} --seed {self.seed}"
+        """The command that plays this run again: same lab, submission and seed (the lab's own starter
+        needs no --submission; any other folder does, or the replay would grade the starter)."""
+        import shlex
+        from pathlib import Path
+
+        words = ["labkit", "check", self.lab, "--seed", str(self.seed)]
+        folder = Path(self.submission)
+        if self.submission and not (folder.name == "starter" and (folder.parent.name == self.lab or folder.parent.name.startswith(f"{self.lab}-"))):
+            words += ["--submission", self.submission]
+        for check in self.only:
+            words += ["--only", check]
+        return shlex.join(words)

@@ -10,8 +10,8 @@ and adds up `tests[].score` against `max_score` (the points Classroom records). 
 
 which prints `result=<base64>` for the reporter step.
 
-Skipped checks (the runner could not offer them) are listed with status "error", 0 points, and left
-out of max_score, so they count neither way - the reporter has no "skipped" status.
+A skipped check (its faults did not happen) is listed with status "error" (the reporter has no
+"skipped" status) and 0 of its points; its points stay in max_score, as in every other format.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ STATUS = {"PASS": "pass", "FAIL": "fail", "ERROR": "error", "SKIP": "error"}
 def _message(check: Mapping) -> str:
     text = check.get("message", "")
     if check.get("state") == "SKIP":
-        text = f"not run here (does not count): {text}"
+        text = f"SKIP, 0 of {check.get('max_points', 0):g} points: {text}"
     if check.get("hint"):
         text += f"\nhint: {check['hint']}"
     return text
@@ -39,17 +39,16 @@ def _message(check: Mapping) -> str:
 def to_classroom(report: RunReport | Mapping) -> dict:
     data = to_dict(report) if isinstance(report, RunReport) else report
     checks = data.get("checks", [])
-    counted = [c for c in checks if c.get("state") != "SKIP"]
-    if counted and all(c.get("state") == "ERROR" for c in counted):
+    if checks and all(c.get("state") == "ERROR" for c in checks):
         status = "error"  # nothing could be checked: the services did not start, the stack failed, ...
-    elif counted and all(c.get("state") == "PASS" for c in counted):
+    elif checks and all(c.get("state") == "PASS" for c in checks):
         status = "pass"
     else:
         status = "fail"
     return {
         "version": 1,
         "status": status,
-        "max_score": float(sum(c.get("max_points", 0) for c in counted)),
+        "max_score": float(sum(c.get("max_points", 0) for c in checks)),
         "tests": [{
             "name": check.get("title") or check["id"],
             "status": STATUS[check.get("state", "ERROR")],

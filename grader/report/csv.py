@@ -2,7 +2,7 @@
 
 Input is each student's report in the `labkit.report/1` JSON shape (grader/report/json.py), so a class
 table can be rebuilt from the per-student report.json files without re-grading. Check columns follow
-the order of first appearance; a check a student's run did not report is left empty.
+the order of first appearance; a check a student's run did not report is left empty, a SKIP is 0.
 
 Columns: student, score, max_score, passed, <check id>..., state (graded / error), seed, runtime,
 duration_s, replay, note (why a run did not complete).
@@ -49,7 +49,7 @@ def class_table(students: Mapping[str, RunReport | Mapping]) -> tuple[list[str],
     for name in sorted(reports):
         report = reports[name]
         by_id = {c["id"]: c for c in report.get("checks", [])}
-        cells = [_points(by_id[i]["points"]) if i in by_id and by_id[i].get("state") != "SKIP" else "" for i in ids]
+        cells = [_points(by_id[i]["points"]) if i in by_id else "" for i in ids]  # a SKIP: 0
         notes = report.get("notes") or []
         rows.append([name, _points(report.get("score", 0)), _points(report.get("max_score", 0)),
                      "yes" if report.get("passed") else "no", *cells,

@@ -3,7 +3,8 @@
 One test per check: score/max_score/status/name/output/visibility. Public checks are `visible`; hidden
 checks (lab.toml visibility "hidden") are `after_due_date`, so students see "public passed, N hidden
 pending" until the deadline and their total score only afterwards, as Gradescope does for hidden tests.
-Skipped checks (the grader could not offer them) are shown with 0/0 points, so they count neither way.
+A skipped check (its faults did not happen) scores 0 of its points, as in every other format
+(docs/instructors.md, "How a SKIP counts").
 The seed and the replay command go to `extra_data`, which only instructors see.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _test_output(check: Mapping) -> str:
 def summary_line(report: Mapping) -> str:
     """What a student reads first: public checks passed, hidden ones pending."""
     checks = report.get("checks", [])
-    public = [c for c in checks if not _is_hidden(c) and c.get("state") != "SKIP"]
+    public = [c for c in checks if not _is_hidden(c)]
     hidden = [c for c in checks if _is_hidden(c)]
     text = f"public checks: {sum(c.get('state') == 'PASS' for c in public)}/{len(public)} passed"
     if hidden:
@@ -49,12 +50,11 @@ def to_gradescope(report: RunReport | Mapping) -> dict:
     data = to_dict(report) if isinstance(report, RunReport) else report
     tests = []
     for number, check in enumerate(data.get("checks", []), 1):
-        skipped = check.get("state") == "SKIP"
         tests.append({
             "name": f"{check.get('title') or check['id']} [{check['id']}]",
             "number": str(number),
-            "score": 0.0 if skipped else float(check.get("points", 0)),
-            "max_score": 0.0 if skipped else float(check.get("max_points", 0)),
+            "score": float(check.get("points", 0)) if check.get("state") != "SKIP" else 0.0,
+            "max_score": float(check.get("max_points", 0)),
             "status": "passed" if check.get("state") == "PASS" else "failed",
             "output": _test_output(check),
             "output_format": "text",

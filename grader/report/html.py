@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from . import RunReport, plain
 from .gradescope import summary_line
 from .json import to_dict
-from .timeline import COMPLETIONS, Timeline, build, cited, throughput
+from .timeline import COMPLETIONS, Timeline, build, cited, label_lanes, throughput
 
 _TRACE_ID = re.compile(r"\b[0-9a-f]{32}\b")
 
@@ -60,14 +60,18 @@ def timeline_svg(tl: Timeline, violations: list | None = None) -> str:
         for t, _ in tl.marks:
             for ax in (rate_ax, lat_ax):
                 ax.axvline(t, color=COLOURS["violation"], lw=1.2, ls=":")
-        for window in tl.faults:
+        # Faults are numbered above the plot (the table under it names them): labels of faults close in
+        # time go to lanes of their own instead of printing over each other.
+        lanes = label_lanes([w.start for w in tl.faults], min_gap=max(tl.duration, 1.0) * 0.025)
+        for number, (window, lane) in enumerate(zip(tl.faults, lanes), 1):
             for ax in (rate_ax, lat_ax):
                 if window.end is not None and window.end > window.start:
                     ax.axvspan(window.start, window.end, color=COLOURS["fault"], alpha=0.13, lw=0)
                 else:
                     ax.axvline(window.start, color=COLOURS["fault"], lw=1, ls="--", alpha=0.7)
-            rate_ax.annotate(window.label, (window.start, 1), xycoords=("data", "axes fraction"), rotation=90,
-                             va="top", ha="right", fontsize=7, color=COLOURS["fault"])
+            rate_ax.annotate(str(number), (window.start, 1), xycoords=("data", "axes fraction"),
+                             xytext=(0, 3 + 10 * lane), textcoords="offset points", ha="center", va="bottom",
+                             fontsize=7, color=COLOURS["fault"], annotation_clip=False)
         for ax in (rate_ax, lat_ax):
             ax.grid(alpha=0.25)  # the page carries the legend, with counts
         buf = io.StringIO()
@@ -126,9 +130,18 @@ def render_html(report: RunReport | Mapping, history: str | Path | Timeline | No
             if name in (data.get("crashed") or []) or "Traceback (most recent call last)" in log}
     return _ENV.get_template("report.html.j2").render(
         r=data, summary=summary_line(data), state_class=STATE_CLASS, timeline=timeline_svg(tl, violations),
-        faults=tl.faults, unavailable=tl.unavailable, ops=len(tl.ops), violations=violations,
+        faults=[(w, _described(w, data.get("faults") or [])) for w in tl.faults], unavailable=tl.unavailable, ops=len(tl.ops), violations=violations,
         outcomes={k: sum(op.outcome == k for op in tl.ops) for k in COMPLETIONS},
         traces=failing_traces(data, events), logs=logs)
+
+
+def _described(window, faults: list[dict]) -> dict:
+    """The report's summary of the fault a timeline window shows (what it did, whether it bit)."""
+    for f in faults:
+        if f.get("fault") == window.name and str(f.get("target")) == window.target and f.get("start") is not None \
+                and abs(float(f["start"]) - window.start) < 1e-3:
+            return f
+    return {}
 
 
 def write_html(report: RunReport | Mapping, path: str | Path, history: str | Path | Timeline | None = None) -> None:

@@ -20,7 +20,8 @@ def _text(s: str) -> str:
     return _NOT_XML.sub("\ufffd", s)
 
 
-def write_junit(report: RunReport, path: str | Path) -> None:
+def write_junit(report: RunReport, path: str | Path, replay: str | None = None) -> None:
+    """`replay`: the command that replays this run (default the report's own)."""
     states = [r.state for r in report.results]
     suite = ET.Element("testsuite", name=report.lab, tests=str(len(states)), failures=str(states.count("FAIL")),
                        errors=str(states.count("ERROR")), skipped=str(states.count("SKIP")),
@@ -28,7 +29,7 @@ def write_junit(report: RunReport, path: str | Path) -> None:
     props = ET.SubElement(suite, "properties")
     for name, value in (("title", report.title), ("seed", report.seed), ("runtime", report.runtime),
                         ("submission", report.submission), ("score", f"{report.score:g}/{report.max_score:g}"),
-                        ("replay", report.replay_command()),
+                        ("replay", replay or report.replay_command()),
                         ("faults_injected", sum(1 for f in report.faults if f["effective"]))):
         ET.SubElement(props, "property", name=name, value=_text(str(value)))
     for r in report.results:

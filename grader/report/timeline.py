@@ -160,6 +160,20 @@ def throughput(tl: Timeline, bucket: float = 1.0) -> tuple[list[float], dict[str
     return [i * bucket for i in range(n)], {k: [c * scale for c in v] for k, v in counts.items()}
 
 
+def label_lanes(starts: Iterable[float], min_gap: float) -> list[int]:
+    """A lane (0, 1, 2, ...) per fault label so that labels closer than `min_gap` on the time axis
+    never share one: each label takes the lowest lane whose last label is far enough to its left."""
+    last: list[float] = []  # per lane, the time of its rightmost label
+    lanes = []
+    for start in starts:
+        lane = next((i for i, t in enumerate(last) if start - t >= min_gap), len(last))
+        if lane == len(last):
+            last.append(start)
+        last[lane] = start
+        lanes.append(lane)
+    return lanes
+
+
 def cited(tl: Timeline, evidence: Iterable[str]) -> list[TimedOp]:
     """Operations whose key a failing check's evidence names: the violations to mark."""
     text = "\n".join(evidence)

@@ -18,8 +18,11 @@ from rich.tree import Tree
 
 from ..otlp.spans import Span
 from ..traces.model import SpanIndex, key
+from .safe_text import printable
 
 Fault = tuple[int, int, str]  # (start unix ns, end unix ns, label)
+# Span fields are the submission's: each goes through safe_text.printable (rich Text is never markup,
+# but it passes escape sequences through to the terminal).
 KIND_STYLE = {"SERVER": "cyan", "CLIENT": "blue", "PRODUCER": "magenta", "CONSUMER": "green", "INTERNAL": "dim"}
 
 
@@ -63,15 +66,15 @@ class _Waterfall:
 
     def tree(self) -> Tree:
         services = sorted({s.service for t in self.traces for s in self.index.trace(t)})
-        head = Text.assemble(("trace ", "bold"), (self.trace_id, "bold"),
-                             f" · {self.count} span{'s' * (self.count != 1)}")
+        head = Text.assemble(("trace ", "bold"), (printable(self.trace_id), "bold"),
+                             f" · {self.count} span{'s' * (self.count != 1)}", no_wrap=True, overflow="ellipsis")
         if self.count:
-            head.append(f" · {fmt_ns(self.t1 - self.t0)} · {', '.join(services)}")
+            head.append(f" · {fmt_ns(self.t1 - self.t0)} · {printable(', '.join(services))}")
         if len(self.traces) > 1:
             head.append(f" · {len(self.traces) - 1} linked trace{'s' * (len(self.traces) > 2)}")
         tree = Tree(head)
         for start, end, label in overlapping(self.faults, self.t0, self.t1):
-            tree.add(Text(f"⚡ {label} {self._offset(start)} … {self._offset(end)}", style="yellow"))
+            tree.add(Text(f"⚡ {printable(label)} {self._offset(start)} … {self._offset(end)}", style="yellow"))
         if not self.count:
             tree.add(Text("no spans received for this trace", style="red"))
             return tree
@@ -80,7 +83,7 @@ class _Waterfall:
         for other in self.traces[1:]:  # linked traces whose linking spans sit under a non-root span
             for root in self.index.roots(other):
                 if key(root) not in self.shown:
-                    self._add(tree, root, f"(trace {other[:8]}) ")
+                    self._add(tree, root, f"(trace {printable(other[:8])}) ")
         hidden = self.count - len(self.shown)
         if hidden > 0:
             tree.add(Text(f"… {hidden} more span{'s' * (hidden != 1)}", style="dim"))
@@ -96,7 +99,7 @@ class _Waterfall:
         if self.linked:
             for linker in self.index.linked_from(span):
                 if linker.trace_id in self.traces:
-                    self._add(node, linker, "↪ link " + (f"(trace {linker.trace_id[:8]}) "
+                    self._add(node, linker, "↪ link " + (f"(trace {printable(linker.trace_id[:8])}) "
                                                           if linker.trace_id != span.trace_id else ""))
 
     def _offset(self, t: int) -> str:
@@ -114,17 +117,17 @@ class _Waterfall:
         if self.bar_width:
             text.append(self._bar(span) + " ", style="red" if span.is_error else "dim")
         text.append(prefix, style="italic")
-        text.append(span.service, style="bold")
-        text.append(f" {span.kind} ", style=KIND_STYLE.get(span.kind, ""))
-        text.append(span.name)
-        text.append(f" [{span.span_id[:8]}]", style="dim")
+        text.append(printable(span.service), style="bold")
+        text.append(f" {printable(span.kind)} ", style=KIND_STYLE.get(span.kind, ""))
+        text.append(printable(span.name))
+        text.append(f" [{printable(span.span_id[:8])}]", style="dim")
         if span.parent_span_id and self.index.parent(span) is None:
-            text.append(f" (remote parent {span.parent_span_id[:8]})", style="dim")
+            text.append(f" (remote parent {printable(span.parent_span_id[:8])})", style="dim")
         if span.is_error:
-            message = span.status.get("message") or ""
+            message = printable(span.status.get("message") or "")
             text.append(" ERROR" + (f": {message}" if message else ""), style="bold red")
         for _, _, label in overlapping(self.faults, span.start, span.end):
-            text.append(f" ⚡ {label}", style="yellow")
+            text.append(f" ⚡ {printable(label)}", style="yellow")
         return text
 
 

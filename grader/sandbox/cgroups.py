@@ -1,7 +1,11 @@
-"""A cgroup per run: memory and process-count limits, and a way to list and kill everything in it.
+"""A cgroup per run: memory, process-count and CPU limits, and a way to list and kill everything in it.
 
 Works with cgroups v2 (a writable unified hierarchy with the controllers delegated to us) and with
-v1 (one hierarchy per controller, as on these VMs: `pids` and `memory` mounted under /sys/fs/cgroup).
+v1 (one hierarchy per controller, as on these VMs: `pids`, `memory` and `cpu` mounted under
+/sys/fs/cgroup). CPU: a hard quota (`cpu.cfs_quota_us`/`cpu.cfs_period_us`, v2 `cpu.max`) of
+`cpus` CPUs for the whole run, and half the default weight (`cpu.shares` 512, v2 `cpu.weight` 50), so
+a run's spinners neither slow the runs beside it past their own share nor starve the grader and the
+servers it reads from (they stay in the cgroup the grader is in, at the default weight).
 The group is created below the cgroup the grader itself is in. Where neither is writable,
 `Cgroup.create` returns None and the sandbox relies on its PID namespace and rlimits alone.
 """
@@ -14,6 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path("/sys/fs/cgroup")
+CPU_PERIOD_US = 100_000
+V1_CONTROLLERS = ("pids", "memory", "cpu")
 
 
 def _own_paths() -> dict[str, str]:
@@ -32,21 +38,27 @@ class Cgroup:
         self.version = version
 
     @classmethod
-    def create(cls, name: str, memory_bytes: int, pids_max: int) -> "Cgroup | None":
+    def create(cls, name: str, memory_bytes: int, pids_max: int, cpus: float | None = None) -> "Cgroup | None":
+        """`cpus`: CPU time the whole group may use, in CPUs (1.0: one core's worth); None: no quota."""
         own = _own_paths()
         if (ROOT / "cgroup.controllers").exists():  # pure v2
-            return cls._create_v2(ROOT / own.get("", "/").lstrip("/") / name, memory_bytes, pids_max)
+            return cls._create_v2(ROOT / own.get("", "/").lstrip("/") / name, memory_bytes, pids_max, cpus)
+        quota = str(int(cpus * CPU_PERIOD_US)) if cpus else "-1"
+        settings = {"pids": [("pids.max", str(pids_max))],
+                    "memory": [("memory.limit_in_bytes", str(memory_bytes))],
+                    "cpu": [("cpu.cfs_period_us", str(CPU_PERIOD_US)), ("cpu.cfs_quota_us", quota),
+                            ("cpu.shares", "512")]}
         made: list[Path] = []
         try:
-            for controller, setting, value in (("pids", "pids.max", pids_max),
-                                               ("memory", "memory.limit_in_bytes", memory_bytes)):
+            for controller in V1_CONTROLLERS:
                 base = ROOT / controller
                 if not base.is_dir():
                     continue
                 path = base / own.get(controller, "/").lstrip("/") / name
                 path.mkdir()
                 made.append(path)
-                (path / setting).write_text(str(value))
+                for setting, value in settings[controller]:
+                    (path / setting).write_text(value)
         except OSError:
             for path in made:
                 _rmdir(path)
@@ -60,7 +72,7 @@ class Cgroup:
         own = _own_paths()
         version = 2 if (ROOT / "cgroup.controllers").exists() else 1
         bases = [ROOT / own.get("", "/").lstrip("/")] if version == 2 else \
-            [ROOT / c / own.get(c, "/").lstrip("/") for c in ("pids", "memory") if (ROOT / c).is_dir()]
+            [ROOT / c / own.get(c, "/").lstrip("/") for c in V1_CONTROLLERS if (ROOT / c).is_dir()]
         for base in bases:
             for group in base.glob(prefix + "*"):
                 if group.is_dir() and not in_use(group.name):
@@ -69,7 +81,7 @@ class Cgroup:
                         stale.remove()
 
     @classmethod
-    def _create_v2(cls, path: Path, memory_bytes: int, pids_max: int) -> "Cgroup | None":
+    def _create_v2(cls, path: Path, memory_bytes: int, pids_max: int, cpus: float | None) -> "Cgroup | None":
         try:
             path.mkdir()
         except OSError:
@@ -77,6 +89,9 @@ class Cgroup:
         try:
             (path / "memory.max").write_text(str(memory_bytes))
             (path / "pids.max").write_text(str(pids_max))
+            if (path / "cpu.max").exists():  # the cpu controller is not always delegated
+                (path / "cpu.max").write_text(f"{int(cpus * CPU_PERIOD_US) if cpus else 'max'} {CPU_PERIOD_US}")
+                (path / "cpu.weight").write_text("50")
         except OSError:  # controllers not delegated to us
             _rmdir(path)
             return None
@@ -131,6 +146,19 @@ class Cgroup:
                 except ProcessLookupError:
                     pass
             time.sleep(0.02)
+
+    def cpu_limit(self) -> float | None:
+        """The group's CPU quota in CPUs (None: no quota, or no cpu controller)."""
+        for d in self.dirs:
+            try:
+                if (d / "cpu.max").exists():
+                    quota, period = (d / "cpu.max").read_text().split()
+                else:
+                    quota, period = (d / "cpu.cfs_quota_us").read_text(), (d / "cpu.cfs_period_us").read_text()
+            except (OSError, ValueError):
+                continue
+            return None if quota.strip() in ("max", "-1") else int(quota) / int(period)
+        return None
 
     def memory_peak(self) -> int | None:
         for d in self.dirs:

@@ -28,6 +28,7 @@ import psutil
 
 from ..nemesis.crashpoints import CRASHSITE
 from ..stack.procs import Guardian, ServerProcess
+from ..untrusted import copy_tree
 from .cgroups import Cgroup
 from .firewall import Egress, ports_in
 from .uids import UidLease
@@ -43,9 +44,10 @@ CONTRACT_VARS = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL", "AMQP_U
                  "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_EXPORTER", "OTEL_BSP_SCHEDULE_DELAY")
 # the crash site's settings (grader/nemesis/crashsite): without them a hold would count from the
 # process's start (onto a replay) and a stall would last its default
-GRADER_VARS = ("LABKIT_CRASH", "LABKIT_CRASH_MARKER", "LABKIT_CRASH_AFTER_S", "LABKIT_CRASH_WRITES",
+GRADER_VARS = ("LABKIT_CRASH", "LABKIT_CRASH_CONTROL", "LABKIT_CRASH_MARKER", "LABKIT_CRASH_AFTER_S", "LABKIT_CRASH_WRITES",
                "LABKIT_STALL_SECONDS", "PYTHONUNBUFFERED")
 MARKER_VAR = "LABKIT_CRASH_MARKER"
+CONTROL_VAR = "LABKIT_CRASH_CONTROL"  # the grader's live arms: its folder is bound read-only at the same path
 MARKER_MAX_BYTES = 64 * 1024
 
 
@@ -64,6 +66,7 @@ class Limits:
     open_files: int = 4096           # per process (RLIMIT_NOFILE)
     log_size: int = 8 << 20          # bytes of log per service life; the rest is dropped
     disk: int = 512 << 20            # its copy, HOME and markers together (a tmpfs of this size)
+    cpus: float = 1.0                # CPU time of all its processes together, in CPUs (a cgroup quota)
 
 
 class Sandbox:
@@ -94,6 +97,8 @@ class Sandbox:
         self._copied: dict[str, tuple[int, int]] = {}  # private marker path -> (size, mtime) copied
         self._marker_lock = threading.Lock()
         self._closed = threading.Event()
+        self.notes: list[str] = []  # what the copy left out (links out of the submission), for the report
+        self.readable: set[Path] = set()  # grader folders the services may read (the crash site's arms)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -120,7 +125,7 @@ class Sandbox:
             Guardian.get().watch_mount(self.root)
         os.chmod(self.root, 0o711)  # the uid may pass through to its own dirs, not list the others
         try:
-            _copy_untrusted(self.submission, self.workdir)
+            self.notes = _copy_untrusted(self.submission, self.workdir)
         except (OSError, shutil.Error) as e:
             raise SandboxError(f"cannot copy the submission into its sandbox (over {self.limits.disk >> 20} MiB?): "
                                f"{str(e)[:300]}") from None
@@ -131,7 +136,8 @@ class Sandbox:
         os.chmod(self.workdir, 0o700)
         _build_site(self.site, self.expose)
         Cgroup.sweep("labkit-labkit-sandbox-", lambda name: (self.root.parent / name.removeprefix("labkit-")).exists())
-        self.cgroup = Cgroup.create(f"labkit-{self.root.name}", self.limits.memory, self.limits.processes)
+        self.cgroup = Cgroup.create(f"labkit-{self.root.name}", self.limits.memory, self.limits.processes,
+                                    self.limits.cpus)
         self.egress = Egress.create(uid)
         self._timer = threading.Timer(self.limits.wall_time, self._expire)
         self._timer.daemon = True
@@ -206,7 +212,9 @@ class Sandbox:
                 if len(self._markers) == 1:
                     threading.Thread(target=self._copy_markers, name="sandbox-markers", daemon=True).start()
             out[MARKER_VAR] = str(private)
-        hook = [str(CRASHSITE)] if "LABKIT_CRASH" in out else []  # first: a learner's sitecustomize must not hide it
+        if CONTROL_VAR in out:
+            self.readable.add(Path(out[CONTROL_VAR]).parent)
+        hook = [str(CRASHSITE)] if "LABKIT_CRASH" in out or CONTROL_VAR in out else []  # first: a learner's sitecustomize must not hide it
         out.update({
             "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -408,18 +416,10 @@ def _mount_tmpfs(path: Path, size: int) -> bool:
     return out.returncode == 0
 
 
-def _copy_untrusted(src: Path, dest: Path) -> None:
-    """Copy a submission without following its symlinks or opening anything but regular files
-    (a FIFO would block us). Caches and VCS data stay behind."""
-    def ignore(folder: str, names: list[str]) -> set[str]:
-        skipped = {n for n in names if n in ("__pycache__", ".git")}
-        for n in names:
-            mode = os.lstat(os.path.join(folder, n)).st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
-                skipped.add(n)
-        return skipped
-
-    shutil.copytree(src, dest, symlinks=True, ignore=ignore)
+def _copy_untrusted(src: Path, dest: Path) -> list[str]:
+    """Copy a submission without following a link out of it or opening anything but regular files
+    (grader/untrusted.py); caches and VCS data stay behind. Returns notes on what was left out."""
+    return copy_tree(src, dest)
 
 
 def _chown_tree(top: Path, uid: int) -> None:
@@ -456,7 +456,11 @@ def _editable_pths(purelib: Path) -> list[Path]:
 
 
 def _mounts(sandbox: Sandbox) -> list[str]:
-    args = ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/dev/shm"]
+    # /tmp and /dev/shm private, sticky and writable by the run's uid (TMPDIR=/tmp: what works under
+    # `labkit check` works here), capped (their pages count against the cgroup's memory as well)
+    disk = sandbox.limits.disk
+    args = ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(disk), "--tmpfs", "/tmp",
+            "--perms", "1777", "--size", str(max(disk // 8, 1 << 20)), "--tmpfs", "/dev/shm"]
     for top in ("usr", "bin", "lib", "lib32", "lib64", "sbin", "etc"):
         path = Path("/") / top
         if path.is_symlink():
@@ -484,4 +488,6 @@ def _mounts(sandbox: Sandbox) -> list[str]:
     bind(sandbox.site, sandbox.site)
     bind(sandbox.workdir, sandbox.workdir, "--bind")
     bind(sandbox.markers, sandbox.markers, "--bind")
+    for folder in sorted(sandbox.readable):
+        bind(folder, folder)
     return args

@@ -6,7 +6,8 @@ SIGKILL after a bound):
 
   client -> API            idempotency keys kept across a SIGKILL + restart, replayed answers
                            (Kill order_api, then acknowledged requests sent again)
-  API -> broker            201 before the broker's ack: broker Cut, API SIGKILLed mid-cut, retries
+  API -> broker            201 (or a cancel's 200) before the broker's ack: broker Cut, API SIGKILLed
+                           mid-cut with orders and cancels in flight, retries
                            lost acknowledgement: OneWayCut (stored, the producer never hears back),
                            then the client retries with its keys -> one order per key
                            two requests with one key in flight: Delay on the broker path -> 409
@@ -25,6 +26,7 @@ from __future__ import annotations
 import psycopg
 
 from ..checks.contract import check_api_contract
+from ..checks.events import held, in_flight_during, retried_unknown_answered
 from ..checks.orders import DOWNSTREAM, check_final_status, check_no_duplicate_effects, check_no_lost_orders
 from ..checks.poison import check_poison
 from ..checks.tracing import run_secret, trace_check
@@ -36,12 +38,12 @@ from ..observe import group_lag_is_zero, observe_rows, quiesce, rows_stable
 from ..runner import Run
 from ..scenario import At, Check, Params, Phase, PhaseContext, Scenario, play
 from ..workloads.contract import probe_basics, probe_concurrent_key, probe_replay_after_restart
-from ..workloads.orders import Orders, order_metrics, orders_of, steady
+from ..workloads.orders import Orders, cancellable, order_metrics, orders_of, steady
 from ..workloads.poison import poison_phase
 from ..workloads.tracing import trace_phase
 
 P = Params(orders=120, rate=30, concurrency=6, load_max_seconds=90, fallback_after=20.0, hold=7.0,
-           cut_orders=4, oneway_wait=12.0, delay_ms=1500, replays=5, duplicates=15,
+           cut_orders=4, cut_cancels=3, oneway_wait=12.0, delay_ms=1500, replays=5, duplicates=15,
            quiesce_timeout=60)
 DOWNSTREAM_SQL = {"orders": "SELECT order_id, customer_id, amount_cents, status FROM orders",
                   "totals": "SELECT customer_id, order_count, total_cents FROM customer_totals"}
@@ -101,17 +103,20 @@ def api_faults(run: Run, ctx: PhaseContext) -> None:
     shows as an acknowledged order that never arrives)."""
     with OneWayCut("kafka").active(run) as cutting:  # stored, never acknowledged: the API gives up (5xx)
         if cutting:
-            sent = orders(run).burst(P.cut_orders, during="one-way-cut", after=P.oneway_wait)
+            sent = orders(run).burst(P.cut_orders, during="one-way-cut", after=P.oneway_wait,
+                                     cancel=cancellable(run.history, P.cut_cancels, run.rng))
     if cutting:
         orders(run).retry_keys([(p.key, p.body) for p in sent])
+        orders(run).retry_unknown(run.history)  # the cancels the API gave up on
     probe_replay_after_restart(run, orders(run), Kill("order_api"), P.replays)
-    with Cut("kafka").active(run) as cutting:
+    with Cut("kafka").active(run) as cutting:  # a 200 for a cancel the broker never had is lost with the API
         if cutting:
-            sent = orders(run).burst(P.cut_orders, during="cut",
+            sent = orders(run).burst(P.cut_orders, during="cut", cancel=cancellable(run.history, P.cut_cancels, run.rng),
                                      then=lambda: Kill("order_api", restart=False).apply(run))
     if cutting:
         run.services["order_api"].start().wait_healthy()
         orders(run).retry_keys([(p.key, p.body) for p in sent])
+        orders(run).retry_unknown(run.history)
     Duplicates(run.ns.topic("orders"), P.duplicates, run.seed).apply(run)
 
 
@@ -142,10 +147,10 @@ def traces(run: Run, ctx: PhaseContext) -> None:
 
 
 def start(run: Run, ctx: PhaseContext) -> None:
-    # The load phase's faults are drawn now so that the read model starts armed for the first
-    # crash (no extra kill) and joins its group while the API starts and is probed.
+    # The load phase's faults are drawn now; the read model joins its group while the API starts
+    # and is probed (its crash points are armed live, without a restart).
     run.state["faults"] = consumer_faults(run)
-    run.services["read_model"].start(run.state["faults"][0][0].fault.arm_env(run))
+    run.services["read_model"].start()
     run.services["order_api"].start().wait_healthy()
     probe_basics(orders(run))
     probe_concurrent_key(run, orders(run), Delay("kafka", P.delay_ms))
@@ -153,20 +158,28 @@ def start(run: Run, ctx: PhaseContext) -> None:
 
 SCENARIO = Scenario(
     params=P,
-    phases=[Phase("start and probe the API contract", start),
+    phases=[Phase("start and probe the API contract", start, injects=(Delay.kind,), always=True),
             Phase("load under consumer crashes and database faults", load, lambda run: run.state["faults"],
-                  P.load_max_seconds),
-            Phase("API restarts, broker cuts, lost acknowledgements, duplicates", api_faults),
-            Phase("quiesce and observe", settle_and_observe),
-            Phase("poison records", poison),
-            Phase("traces: traced orders, a redelivery, SIGTERM flush", traces)],
+                  P.load_max_seconds, injects=(CrashPoint.kind, HoldThenKill.kind, ResetConnections.kind,
+                                               RestartServer.kind)),
+            Phase("API restarts, broker cuts, lost acknowledgements, duplicates", api_faults,
+                  injects=(OneWayCut.kind, Kill.kind, Cut.kind, Duplicates.kind)),
+            Phase("quiesce and observe", settle_and_observe, always=True),
+            Phase("poison records", poison, injects=(Poison.kind,)),
+            Phase("traces: traced orders, a redelivery, SIGTERM flush", traces, injects=(Duplicates.kind,),
+                  serves=("traces",))],
     checks={
-        "api-contract": Check(check_api_contract, needs=[(Delay.kind, "kafka"), (Kill.kind, "order_api")]),
+        "api-contract": Check(check_api_contract, needs=[(Delay.kind, "kafka"), (Kill.kind, "order_api")],
+                              events=[retried_unknown_answered]),
         "no-lost-orders": Check(check_no_lost_orders, needs=[
             (CrashPoint.kind, "read_model"), (HoldThenKill.kind, "read_model"), (Cut.kind, "kafka"),
-            (RestartServer.kind, "postgres")]),
+            (RestartServer.kind, "postgres")], events=[
+            held(HoldThenKill.kind, "read_model"),
+            in_flight_during("place", (Cut.kind,), "kafka", "order"),
+            in_flight_during("cancel", (Cut.kind,), "kafka", "cancel")]),
         "no-duplicate-effects": Check(check_no_duplicate_effects, needs=[
-            (CrashPoint.kind, "read_model"), (OneWayCut.kind, "kafka"), (Duplicates.kind, None)]),
+            (CrashPoint.kind, "read_model"), (OneWayCut.kind, "kafka"), (Duplicates.kind, None)],
+            events=[retried_unknown_answered]),
         "ordering": Check(check_final_status, needs=[(CrashPoint.kind, "read_model"), (Duplicates.kind, None)]),
         "poison-message": Check(check_poison, needs=[(Poison.kind, None)]),
         "traces": Check(trace_check("order_api", "order_api", "read_model", run_secret),

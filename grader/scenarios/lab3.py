@@ -10,11 +10,14 @@ each product and holds or slows the database's answers to them, without the serv
                             naming it must be <= 1 per lock lifetime (a per-key lock)
   keys filled together      all keys dropped, then read at once: their TTLs (PTTL, admin client) must
                             spread (jitter), or they all expire - and stampede - together
+  one key's holder slow    its read is held (HoldReads); a miss of another key must read the database
+                            under a lock of its own (the grader sees the locks: keys under the prefix)
   lock holder dies mid-fill its read is held (HoldReads), readers queue on the other instance,
-                            the holder is SIGKILLed (Kill): they must be answered within lock TTL + 2 s
+                            the holder is SIGKILLed (Kill): its lock has a TTL <= 3 s (read by the
+                            grader), and the readers are answered
   holder overruns its TTL   a first holder's read is held past its lock's TTL, a second request takes
-                            the lock and is held too; the first then finishes: while the second is still
-                            mid-fill, no further read may reach the database (release by token only)
+                            the lock and is held too; the grader keeps that lock alive and watches it
+                            while the first one finishes: it must not be deleted (release by token)
   slow miss vs update       a miss's answer is held after its SELECT ran; the row is updated and the
                             invalidation lands; then the miss fills: the cache must not keep the old
                             version (versioned sets / leases) - and after quiescence cache == database
@@ -25,7 +28,11 @@ each product and holds or slows the database's answers to them, without the serv
                             are read again 12 s into the load)
   Redis                     cut off through the proxy (Cut) and killed and restarted empty
                             (RestartServer, its ACL user re-provisioned): no 5xx, answers within 5 s,
-                            and the hit ratio (measured at the database) is back >= 50 % 4 s later
+                            and the hit ratio (measured at the database) is back >= 50 % 4 s later;
+                            then hanging (OneWayCut: requests in, no answers): reads sent early in it
+                            must not wait for the heal (a client without socket timeouts does)
+  created after a 404       products read before they exist (404s a cache may remember), then
+                            created: a read 12 s later must find them (freshness, a 404 is version 0)
   traces                    a traced miss and hit: SERVER span with cache.hit, Redis and PostgreSQL
                             CLIENT spans (db.system.name); spans flushed on SIGTERM
 """
@@ -39,7 +46,7 @@ import psycopg
 from ..checks.cache import (cache_trace_check, check_freshness, check_lock_safety, check_redis_outage,
                             check_stale_set_race, check_stampede, check_ttl_jitter)
 from ..checks.tracing import run_secret
-from ..nemesis import CrashPoint, Cut, Kill, RestartServer
+from ..nemesis import CrashPoint, Cut, Kill, OneWayCut, RestartServer
 from ..nemesis.pgwire import HoldReads, PgTap, SlowReads
 from ..observe import observe_rows, quiesce
 from ..observe.redis import RedisObserver, observe_cache, versions_stable
@@ -50,7 +57,8 @@ from ..workloads.cache_probes import CacheProbes, later, wait_quietly
 from ..workloads.catalog import ID_PATTERN, Catalog, catalog_metrics, product_id
 
 P = Params(products=40, hot=4, readers=200, waiters=20, slow_ms=400, load_seconds=25, read_rate=60, write_rate=4,
-           stale_probes=2, late_reads_after=12.0, fallback_after=8.0, quiesce_timeout=15, redis_cut=3.0, redis_down=1.0)
+           stale_probes=2, late_reads_after=12.0, fallback_after=8.0, quiesce_timeout=15, redis_cut=3.0, redis_down=1.0,
+           redis_hang=5.0, absent=2, absent_read_after=12.0)
 SERVICES = ("catalog", "catalog_b")
 
 
@@ -63,7 +71,8 @@ def ids(run: Run) -> dict:
         pids = [product_id(base + n) for n in range(P.products)]
         run.state["ids"] = {"all": pids, "hot": pids[:P.hot], "stampede": pids[0], "lock": pids[P.hot],
                             "overrun": pids[P.hot + 1], "stale": pids[P.hot + 2:P.hot + 2 + P.stale_probes],
-                            "trace": pids[-1]}
+                            "second": pids[P.hot + 2 + P.stale_probes], "trace": pids[-1],
+                            "absent": [product_id(base + P.products + n) for n in range(P.absent)]}
     return run.state["ids"]
 
 
@@ -107,8 +116,16 @@ def start(run: Run, ctx: PhaseContext) -> None:
     with psycopg.connect(run.ns.database_url, connect_timeout=10) as conn:  # its slot, if it uses one, first
         wait_quietly(lambda: conn.execute("SELECT 1 FROM pg_replication_slots WHERE database = current_database()")
                      .fetchone(), 5)
-    pids = ids(run)["all"]
-    catalog(run).create(pids)
+    pids, absent = ids(run)["all"], ids(run)["absent"]
+    catalog(run).concurrent_gets(absent, probe="absent")  # 404s: a cache may remember them
+    catalog(run).create(pids + absent)
+    created = time.monotonic()
+
+    def read_absent_later() -> None:  # past the freshness bound, well within any entry's TTL
+        time.sleep(max(0.0, created + P.absent_read_after - time.monotonic()))
+        catalog(run).concurrent_gets(absent + absent[::-1], probe="created-late")  # each by both instances
+
+    run.state["absent_reader"] = later(read_absent_later)
     wait_quietly(lambda: probes(run).up_to_date(pids), 5)  # the creations' invalidations have landed
     probes(run).ttl_probe(pids)
     probes(run).flush_reads()
@@ -120,6 +137,7 @@ def stampede(run: Run, ctx: PhaseContext) -> None:
 
 
 def lock_holder_killed(run: Run, ctx: PhaseContext) -> None:
+    probes(run).separate_locks(ids(run)["lock"], ids(run)["second"])  # a slow holder blocks no other key
     probes(run).kill_lock_holder(ids(run)["lock"], 0, "catalog", P.waiters)
     probes(run).flush_reads()
 
@@ -143,8 +161,20 @@ def faults(run: Run) -> list[list[At]]:
     # apart from the invalidator's crashes (a stale read must be the cache's doing, not a restart's),
     # and from each other (each outage's recovery window stays clear of the next one)
     redis = [At(Cut("redis", seconds=P.redis_cut), after_s=8),
-             At(RestartServer("redis", mode="kill", down=P.redis_down, keep_data=False, then=reprovision), after_s=17)]
+             At(RestartServer("redis", mode="kill", down=P.redis_down, keep_data=False, then=reprovision), after_s=17),
+             # Redis hangs (requests in, no answers): only the client's own timeouts bound a read;
+             # once the restart's recovery window (the hit ratio 4-6 s after it) is over
+             At(OneWayCut("redis", seconds=P.redis_hang), after_s=22, ready=recovery_judged, ready_within=20)]
     return [invalidator, redis]
+
+
+def recovery_judged(run: Run) -> bool:
+    """The last Redis fault ended and its recovery window (redis-outage's hit ratio) is over."""
+    from ..checks.cache import HIT_RATIO_WITHIN
+    from ..nemesis import fault_events
+
+    ends = [f["end"] for f in fault_events(run.history) if f["target"] == "redis"]
+    return bool(ends) and None not in ends and run.history.elapsed() >= max(ends) + HIT_RATIO_WITHIN + 2.5
 
 
 def load(run: Run, ctx: PhaseContext) -> None:
@@ -167,6 +197,7 @@ def load(run: Run, ctx: PhaseContext) -> None:
     late = later(late_reads)
     sent = catalog(run).load(pids, hot, stop, P.read_rate, P.write_rate)
     late.join(5)
+    run.state["absent_reader"].join(30)
     done.set()
     sampler.join(5)
     run.note(f"load: {sent} reads")
@@ -205,7 +236,7 @@ SCENARIO = Scenario(
     params=P,
     phases=[Phase("start, create the products, fill every key at once (TTL probe)", start),
             Phase(f"stampede: {P.readers} readers of an expired hot key", stampede),
-            Phase("a lock holder SIGKILLed mid-fill", lock_holder_killed),
+            Phase("a slow lock holder and another key's miss; a lock holder SIGKILLed mid-fill", lock_holder_killed),
             Phase("a lock holder overrunning its lock's TTL", lock_overrun),
             Phase("slow misses interleaved with an update and its invalidation", stale_set_race),
             Phase("load under invalidator crashes and Redis outages", load, faults, 45),
@@ -217,7 +248,8 @@ SCENARIO = Scenario(
         "lock-safety": Check(check_lock_safety, needs=[(Kill.kind, "catalog"), (HoldReads.kind, "postgres")]),
         "freshness": Check(check_freshness, needs=[(CrashPoint.kind, "invalidator")]),
         "stale-set-race": Check(check_stale_set_race, needs=[(HoldReads.kind, "postgres")]),
-        "redis-outage": Check(check_redis_outage, needs=[(Cut.kind, "redis"), (RestartServer.kind, "redis")]),
+        "redis-outage": Check(check_redis_outage, needs=[(Cut.kind, "redis"), (RestartServer.kind, "redis"),
+                                                         (OneWayCut.kind, "redis")]),
         "traces": Check(cache_trace_check(SERVICES, run_secret)),
     })
 
@@ -244,13 +276,46 @@ def traffic(run: Run, stop: threading.Event, rate: float = 10.0) -> None:
                       readers=4)
 
 
+def hot_key_reads(reads: list[tuple[float, str, int]], hot: list[str], now: float, window: float) -> str:
+    """Database reads per hot key over the window (what `stampede` judges per expiry), from the tap."""
+    counts = {key: 0 for key in hot}
+    for t, key, _ in reads:
+        if key in counts and t >= now - window:
+            counts[key] += 1
+    if not counts:
+        return "-"
+    worst = max(counts, key=counts.get)
+    return f"max {counts[worst]} ({worst}), {sum(counts.values()) / len(counts):.1f} on average"
+
+
+def last_write_staleness(history) -> str:
+    """The latest acknowledged write, and how long reads kept returning an older version after it
+    (what `freshness` and `stale-set-race` judge): still stale, or visible after N s."""
+    puts = [op for op in history.ops("put") if op.type == "ok" and isinstance(op.result.get("body"), dict)]
+    if not puts:
+        return "no write yet"
+    last = max(puts, key=lambda op: op.t_complete)
+    product, version = last.invoke.get("product"), last.result["body"].get("version", 0)
+    gets = [op for op in history.ops("get") if op.type == "ok" and op.invoke.get("product") == product
+            and op.t_invoke >= last.t_complete and isinstance(op.result.get("body"), dict)]
+    stale = [op for op in gets if op.result["body"].get("version", 0) < version]
+    if gets and gets[-1] in stale:
+        return f"{product} v{version}: still stale {history.elapsed() - last.t_complete:.1f} s after the write"
+    lag = max((op.t_invoke - last.t_complete for op in stale), default=0.0)
+    return f"{product} v{version}: visible after {lag:.2f} s" if gets else f"{product} v{version}: not read yet"
+
+
 def metrics(run: Run, elapsed: float) -> dict[str, str]:
-    """Hit ratio (measured at the database), database reads/s, staleness, read p50/p99."""
+    """What the checks judge (database reads per hot key, staleness after the last write), then hit
+    ratio (measured at the database), database reads/s, read p50/p99."""
     window = 5.0
-    shown = catalog_metrics(run.history, elapsed, window)
+    shown = {"last write": last_write_staleness(run.history)}
+    shown.update(catalog_metrics(run.history, elapsed, window))
     try:
         now = run.history.elapsed()
-        reads = sum(1 for t, _, _ in probes(run).tap.snapshot() if t >= now - window)
+        snapshot = probes(run).tap.snapshot()
+        shown = {"db reads per hot key (5 s)": hot_key_reads(snapshot, ids(run)["hot"], now, window), **shown}
+        reads = sum(1 for t, _, _ in snapshot if t >= now - window)
         gets = sum(1 for op in run.history.ops("get") if op.t_invoke >= now - window)
         puts = sum(1 for op in run.history.ops("put") if op.t_invoke >= now - window)
         misses = max(reads - puts, 0)

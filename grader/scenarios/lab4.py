@@ -35,8 +35,8 @@ from ..launch import ServiceFailed
 from ..nemesis import CrashPoint, Cut, HoldThenKill, ResetConnections, RestartServer
 from ..nemesis.amqp import Unroutable
 from ..observe import quiesce
-from ..observe.amqp import (channel_sampler, observe_broker_log, observe_channels, observe_consumers, observe_dlq,
-                            observe_queues, queue_depths)
+from ..observe.amqp import (channel_sampler, observe_broker_log, observe_channels, observe_connections,
+                            observe_consumers, observe_dlq, observe_queues, queue_depths)
 from ..runner import Run
 from ..scenario import At, Check, Params, Phase, PhaseContext, Scenario, play
 from ..wait import WaitTimeout, wait_until
@@ -143,6 +143,13 @@ def settle(run: Run, ctx: PhaseContext) -> None:
 def quiet(run: Run, ctx: PhaseContext) -> None:
     """No faults: retried payments (timed gaps), long jobs, a poison one, traced payments."""
     pay = payments(run)
+    # the worker's connection as its long jobs start: whose log lines to read, and its heartbeat
+    # (sampled now, not by chance: a blocked connection may live less than a sampling interval)
+    for what in (observe_channels, observe_connections):
+        try:
+            what(run, run.history, timeout=60)
+        except Exception:  # the checks say what they could not read
+            pass
     todo = [("p", None)] * 3 + [("retry", Plan(fail_first=2))] * 2 + [("poison", Plan(poison=True))] + \
            [("long", Plan(slow=P.slow))] * 2
     threads = [threading.Thread(target=pay.send, args=(tag, plan), kwargs={"probe": "trace"}, daemon=True)
@@ -162,7 +169,7 @@ def observe(run: Run, ctx: PhaseContext) -> None:
     except psycopg.Error as e:
         run.history.observe(CHARGES, rows=[], error=f"{type(e).__name__}: {e}")
     observe_dlq(run, run.history, q(run, "payments.dead"))
-    for what in (observe_channels, observe_consumers):
+    for what in (observe_channels, observe_consumers, observe_connections):
         try:
             what(run, run.history, timeout=60)
         except Exception:  # the samples taken during the run still count
@@ -239,7 +246,7 @@ def channels_shown(run: Run, every: float = 5.0) -> str:
             channels = observe_channels(run, History()) or []
             text = ", ".join(f"{c['unacked']}/{c['prefetch']}" for c in channels if c["consumers"]) or "no consumer"
         except Exception as e:  # the broker restarting, rabbitmqctl slow
-            text = f"not readable ({type(e).__name__}: {str(e).splitlines()[0][:60]})"
+            text = f"not readable now ({type(e).__name__}; asked again every {every:g} s)"
         last = run.state["channels_shown"] = (time.monotonic(), text)
     return last[1]
 

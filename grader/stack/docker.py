@@ -287,6 +287,16 @@ class DockerRabbitMQ(DockerServer):
     container_port = 5672
 
 
+    def inspect(self, *args: str, timeout: float = 60) -> str:
+        """rabbitmqctl inside the container (the image's own, its node and cookie): the grader's
+        reads of channels, consumers and connections. Read-only use: definitions are not imported
+        this way (their file is on the host), so services keep the admin URL here."""
+        code, out = self._wrapped().exec_run(["rabbitmqctl", *args])
+        text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+        if code != 0:
+            raise StackError(f"rabbitmqctl {' '.join(args)} failed in the container ({code}):\n{text[-2000:]}")
+        return text
+
     def configure(self, c: DockerContainer) -> DockerContainer:
         c.with_env("RABBITMQ_NODE_PORT", str(self.listen_port))
         if self.host_network:  # loopback only, like every other server (bridge mode publishes on 127.0.0.1)

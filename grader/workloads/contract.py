@@ -10,7 +10,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from .orders import Orders, acknowledged_requests
+from .orders import Orders, acknowledged_cancels, acknowledged_requests
 
 if TYPE_CHECKING:
     from ..nemesis import Fault
@@ -41,7 +41,11 @@ def probe_concurrent_key(run: "Run", orders: Orders, slow_broker: "Fault") -> No
 
 def probe_replay_after_restart(run: "Run", orders: Orders, restart: "Fault", count: int) -> None:
     """Acknowledged requests sent again after the API was SIGKILLed and restarted: the stored
-    answers must survive the restart (keys kept in the database, not in memory)."""
+    answers must survive the restart (keys kept in the database, not in memory). Cancels too:
+    every operation the API acknowledges."""
     chosen = acknowledged_requests(run.history, count, run.rng)
+    cancels = acknowledged_cancels(run.history, max(1, count // 2), run.rng)
     if chosen and restart.apply(run):
         orders.retry_keys(chosen, probe="replay-after-restart")
+        for order_id, key in cancels:
+            orders.cancel(order_id, key, probe="replay-after-restart")

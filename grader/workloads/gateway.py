@@ -8,7 +8,9 @@ POST /charges {"payment_id", "amount_cents"} (header Idempotency-Key) answers
   422 {"error": "card_declined"}    for a poison payment, every time
 and, for a payment planned `slow`, holds its first answer that many seconds (a long job).
 Unplanned payments are approved at once. Each call: observe what="gateway-call" with payment_id,
-n (its call number for that payment), status, t (start) and t_end.
+n (its call number for that payment), status, t (start) and t_end, the key, and for an approval
+the charge id and whether it replayed an earlier one (the same key as before): two charge ids
+for one payment are two charges of the customer's card, whatever the worker's table says.
 """
 from __future__ import annotations
 
@@ -89,6 +91,7 @@ class Gateway:
             plan = self.plans.get(payment_id, Plan())
         if plan.slow and n == 1:
             time.sleep(plan.slow)
+        charge, replay = None, False
         if plan.poison:
             status, body = 422, {"error": "card_declined"}
         elif n <= plan.fail_first:
@@ -102,7 +105,7 @@ class Gateway:
                     self.approved.setdefault(payment_id, charge)
             status, body = 200, {"charge_id": charge, "replayed": replay}
         self.history.observe(CALL, payment_id=payment_id, n=n, status=status, t_start=round(t, 4),
-                             t_end=round(self.history.elapsed(), 4), key=key)
+                             t_end=round(self.history.elapsed(), 4), key=key, charge_id=charge, replayed=replay)
         return status, body
 
     def stop(self) -> None:

@@ -105,30 +105,61 @@ class Orders:
                 f"(try POST /orders by hand, and read the service's log)")
 
     def burst(self, count: int, then: Callable[[], None] | None = None, after: float = 1.5,
-              **meta) -> list[OrderPlan]:
-        """`count` orders at once (e.g. during a fault), no retries or cancels; `then` runs once all
-        were answered or `after` seconds passed, whichever is first (e.g. SIGKILL the API while
-        the requests are still in flight)."""
+              cancel: list[str] = (), **meta) -> list[OrderPlan]:
+        """`count` orders at once (e.g. during a fault), no retries or cancels of their own, and a
+        cancel of each order in `cancel` (acknowledged earlier) alongside them: every operation the
+        API acknowledges meets the fault. `then` runs once all were answered or `after` seconds
+        passed, whichever is first (e.g. SIGKILL the API while the requests are still in flight)."""
         plans = [OrderPlan(self.key(), self.body(), False, False, "") for _ in range(count)]
-        with ThreadPoolExecutor(count) as pool:
+        cancels = [(order_id, self.key()) for order_id in cancel]
+        with ThreadPoolExecutor(count + len(cancels)) as pool:
             futures = [pool.submit(self.place, p.key, p.body, **meta) for p in plans]
+            futures += [pool.submit(self.cancel, order_id, key, **meta) for order_id, key in cancels]
             wait(futures, timeout=after)
             if then is not None:
                 then()
         return plans
 
     def retry_unknown(self, history: History, **meta) -> list[Reply]:
-        """Send again every place request whose outcome the client never learned (`info`), with
-        its key, as a client would: an order that took effect must be acknowledged now, and then
-        appear downstream like any other."""
-        answered = {op.invoke.get("key") for op in history.ops("place") if op.type != "info"}
-        unknown = {op.invoke["key"]: op.invoke.get("body") for op in history.ops("place")
-                   if op.type == "info" and op.invoke.get("key") and isinstance(op.invoke.get("body"), dict)}
-        return self.retry_keys([(k, b) for k, b in unknown.items() if k not in answered], **meta)
+        """Send again every request whose outcome the client never learned (`info`) and that no
+        later request with its key answered, with its key, as a client would: a place or cancel
+        that took effect must be acknowledged now, and then show downstream like any other."""
+        answered = {op.invoke.get("key") for op in history.ops(("place", "cancel")) if op.type != "info"}
+        unknown = {op.invoke["key"]: op for op in history.ops(("place", "cancel"))
+                   if op.type == "info" and op.invoke.get("key") and op.invoke["key"] not in answered}
+        places = [(k, op.invoke.get("body")) for k, op in unknown.items()
+                  if op.f == "place" and isinstance(op.invoke.get("body"), dict)]
+        replies = self.retry_keys(places, **meta)
+        for key, op in unknown.items():
+            if op.f == "cancel" and (order_id := cancelled_order(op.invoke.get("path"))):
+                replies.append(self.cancel(order_id, key, retry=True, **meta))
+        return replies
 
     def retry_keys(self, requests: list[tuple[str, dict]], **meta) -> list[Reply]:
         """Send requests again with their keys (a client that never heard back, or did and retries)."""
         return [self.place(key, body, retry=True, **meta) for key, body in requests]
+
+
+def cancelled_order(path: object) -> str:
+    """The order id of a cancel's path /orders/<id>/cancel ('' if it is not one)."""
+    parts = str(path or "").split("/")
+    return parts[2] if len(parts) == 4 and parts[3] == "cancel" else ""
+
+
+def cancellable(history: History, count: int, rng: random.Random) -> list[str]:
+    """Up to `count` order ids answered 201 that no cancel was sent for yet, chosen with `rng`."""
+    cancelled = {cancelled_order(op.invoke.get("path")) for op in history.ops("cancel")}
+    ids = sorted({str(op.result["body"]["order_id"]) for op in history.ops("place")
+                  if op.type == "ok" and isinstance(op.result.get("body"), dict) and op.result["body"].get("order_id")
+                  and not op.invoke.get("probe")} - cancelled)
+    return rng.sample(ids, min(count, len(ids)))
+
+
+def acknowledged_cancels(history: History, count: int, rng: random.Random) -> list[tuple[str, str]]:
+    """Up to `count` (order id, key) of cancels answered 200, chosen with `rng`."""
+    seen = sorted({(cancelled_order(op.invoke.get("path")), op.invoke["key"]) for op in history.ops("cancel")
+                   if op.type == "ok" and op.invoke.get("key") and not op.invoke.get("probe")})
+    return rng.sample(seen, min(count, len(seen)))
 
 
 def acknowledged_requests(history: History, count: int, rng: random.Random) -> list[tuple[str, dict]]:

@@ -48,6 +48,7 @@ SLOT_LAG = """SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn):
                      pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
               FROM pg_replication_slots WHERE slot_name = %s"""
 HEARTBEAT_PREFIX = "labkit.relay.heartbeat"
+START_ATTEMPTS = 10  # start-up tries while PostgreSQL restarts (each also retries its connect for 30 s)
 # After a failed delivery librdkafka's idempotent producer can stay unusable (seen on Tansu: every
 # later send fails PRODUCER_FENCED); a new producer recovers. Re-sending is safe: consumers dedupe.
 STUCK = {KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH, KafkaError.UNKNOWN_PRODUCER_ID,
@@ -67,16 +68,34 @@ class Transaction:
 class Relay:
     def __init__(self) -> None:
         self.batch_rows = env_int("RELAY_BATCH_ROWS", 2000)
-        self.timeout_ms = env_int("RELAY_DELIVERY_TIMEOUT_MS", 10000)
-        self.conn = db.connect(autocommit=True)  # tables, slot, lag and heartbeats (psycopg 3)
-        schema.create_schema(self.conn)
-        self.slot, self.publication = schema.ensure_replication(self.conn)
+        self.timeout_ms = env_int("RELAY_DELIVERY_TIMEOUT_MS", 5000)  # the lab's contract (lab.toml)
+        self.conn, (self.slot, self.publication) = self.prepare()  # tables, slot, lag, heartbeats (psycopg 3)
         self.stream = None  # the replication connection (psycopg2), opened by open_stream()
         self.producer = self.new_producer()
         self.broken = False  # set by a delivery report: this producer cannot recover
         self.published = 0
         self.behind_ms = 0.0  # commit -> acknowledged, oldest transaction of the last batch
         self.last_heartbeat = self.last_report = time.monotonic()
+
+    @staticmethod
+    def prepare(attempts: int = START_ATTEMPTS) -> tuple[psycopg.Connection, tuple[str, str]]:
+        """Connect, create the tables, the publication and the slot: a PostgreSQL restart while this
+        runs breaks the connection midway, so the whole step is tried again (all of it is safe to
+        repeat), up to `attempts` times, like every later database error of the main loop."""
+        for attempt in range(1, attempts + 1):
+            conn = None
+            try:
+                conn = db.connect(autocommit=True)
+                schema.create_schema(conn)
+                return conn, schema.ensure_replication(conn)
+            except psycopg.OperationalError as e:
+                if conn is not None:
+                    conn.close()
+                if attempt == attempts or stopping.is_set():
+                    raise
+                log.warning("database error while starting (attempt %d of %d): %s; trying again", attempt, attempts, e)
+                stopping.wait(min(0.5 * attempt, 3))
+        raise AssertionError("unreachable")
 
     def new_producer(self):
         # message.timeout.ms bounds how long a send may take: every record gets a report in time.

@@ -103,7 +103,8 @@ class PaymentWorker:
         while not stopping.is_set():
             try:
                 self.consume()
-            except (pika.exceptions.AMQPError, OSError) as e:
+            except (pika.exceptions.AMQPError, OSError, ValueError) as e:
+                # ValueError: pika's "Expected connected socket" when the broker goes away mid-call
                 log.warning("lost RabbitMQ (%s: %s); reconnecting", type(e).__name__, e)
                 stopping.wait(0.5)  # back-off; unacked deliveries come back to us or another worker
         self.jobs.shutdown(wait=True, cancel_futures=True)

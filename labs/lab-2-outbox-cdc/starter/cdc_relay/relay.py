@@ -12,6 +12,7 @@ from __future__ import annotations
 from confluent_kafka import Message
 
 from services.common import db, kafka
+from services.common.config import env_int
 from services.common.lifecycle import install_signal_handlers, stopping
 from services.common.log import get_logger
 from services.common.outbox import events, schema
@@ -28,7 +29,10 @@ class Relay:
         schema.create_schema(self.conn)
         self.conn.execute(POSITION)
         self.slot, self.publication = schema.ensure_replication(self.conn)
-        self.producer = kafka.producer(**{"linger.ms": 2, "message.timeout.ms": 10000})
+        # Every send gets a delivery report within RELAY_DELIVERY_TIMEOUT_MS (from lab.toml): an
+        # acknowledgement, or an error once Kafka did not take it in time.
+        self.producer = kafka.producer(**{"linger.ms": 2,
+                                          "message.timeout.ms": env_int("RELAY_DELIVERY_TIMEOUT_MS", 5000)})
         row = self.conn.execute("SELECT last_seq FROM relay_position WHERE id = 1").fetchone()
         self.last_seq = row[0] if row else 0
 

@@ -93,6 +93,7 @@ def main() -> None:
             while not stopping.is_set():
                 conn.process_data_events(time_limit=0.5)
             conn.close()
-        except pika.exceptions.AMQPError as e:
-            log.warning("lost RabbitMQ (%s); reconnecting", e)
+        except (pika.exceptions.AMQPError, OSError, ValueError) as e:
+            # ValueError: pika's "Expected connected socket" when the broker goes away mid-call
+            log.warning("lost RabbitMQ (%s: %s); reconnecting", type(e).__name__, e)
             stopping.wait(0.5)

@@ -1,0 +1,3 @@
+from services.read_model.consumer import main
+
+main()

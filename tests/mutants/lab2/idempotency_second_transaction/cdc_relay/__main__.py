@@ -1,0 +1,3 @@
+from services.cdc_relay.relay import main
+
+main()

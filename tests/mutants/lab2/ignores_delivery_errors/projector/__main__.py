@@ -1,0 +1,3 @@
+from services.projector.projector import main
+
+main()

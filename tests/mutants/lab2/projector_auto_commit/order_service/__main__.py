@@ -1,0 +1,3 @@
+from services.order_service.app import main
+
+main()

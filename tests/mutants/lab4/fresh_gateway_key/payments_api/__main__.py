@@ -1,0 +1,3 @@
+from services.payments_api.app import main
+
+main()
