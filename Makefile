@@ -38,7 +38,7 @@ labs: install
 # mutant over several seeds and each reference repeatedly with GRADER_JOBS graded runs at once (a
 # sample of `python -m tests.bench.consecutive`), and a mutation sample (`labkit mutate`).
 # pytest's exit code 5 (no test selected) is not a failure.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 test: install
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not class_scale" $(ARGS); \
 	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]

@@ -355,7 +355,7 @@ def mutate_cmd(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"),
             fail(f"{out}: exists and is not an earlier `labkit mutate` output; give another --out")
         import shutil
         shutil.rmtree(out)  # an earlier analysis: replaced
-    analyse(spec, sample, jobs, seed, out, runtime, say=lambda m: console.print(m, highlight=False, markup=False))
+    analyse(spec, sample, jobs, seed, out, runtime, say=lambda m: print(m, flush=True))  # diffs unwrapped
     console.print(f"summary: {out / 'summary.json'}; mutants: {out / 'mutants'}; runs: {out / 'runs'}", highlight=False)
 
 

@@ -25,7 +25,7 @@ def pytest_configure(config):
 
 
 def _expected_length(item) -> int:
-    """Rank by how long a test keeps its worker busy: the longest go first, so that with four xdist
+    """Rank by how long a test keeps its worker busy: the longest go first, so that with several xdist
     workers the suite ends when the last long test does, not when a long one starts last."""
     group = item.get_closest_marker("xdist_group")
     if group and group.args and group.args[0] == "synthetic-class":

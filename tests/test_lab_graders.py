@@ -41,6 +41,7 @@ def test_mutant_fails_the_checks_named_after_its_bug(lab_id, tmp_path, mutant):
     assert_mutant_fails_its_checks(find_lab(lab_id), mutant, tmp_path, RUNTIME)
 
 
+@pytest.mark.class_scale  # not a reference or a mutant: graded by `make test-grader`, as lab 1's starter is
 @pytest.mark.parametrize("lab_id", LABS)
 def test_starter_fails_with_hints_that_point_at_the_todos(lab_id, tmp_path):
     lab = find_lab(lab_id)
