@@ -44,7 +44,7 @@ test: install
 	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 GRADER_JOBS ?= 6
-GRADER_SAMPLE ?= --seeds 2 --reference-runs 4
+GRADER_SAMPLE ?= --seeds 1 --reference-runs 3
 MUTATE_SAMPLE ?= --sample 6
 test-grader: install
 	$(BIN)/pytest -q -n 2 --dist loadgroup -m class_scale $(ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
