@@ -37,7 +37,7 @@ labs: install
 # go first. `make test-grader` grades at class scale: the synthetic class and the starters (`-m
 # class_scale`), every mutant again with fresh seeds and each reference repeatedly, GRADER_JOBS graded
 # runs at once (a sample of `python -m tests.bench.consecutive`), and a mutation sample (`labkit mutate`).
-# Costs (docs/testing.md): make test ~20 min on 2 cores, make test-grader ~40 min.
+# Costs (docs/testing.md): make test ~23 min on 2 cores, make test-grader ~42 min.
 # pytest's exit code 5 (no test selected) is not a failure.
 TEST_WORKERS ?= 6
 test: install
