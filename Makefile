@@ -34,9 +34,10 @@ labs: install
 # What a run proves is split from how often it is proven (pytest markers, see tests/conftest.py):
 # `make test` runs the unit tests, the Docker tier (skipped without a daemon unless
 # LABKIT_REQUIRE_DOCKER=1), each lab's reference graded once and each mutant graded once; the longest
-# go first. `make test-grader` grades at class scale: the synthetic class (`-m class_scale`), every
-# mutant over several seeds and each reference repeatedly with GRADER_JOBS graded runs at once (a
-# sample of `python -m tests.bench.consecutive`), and a mutation sample (`labkit mutate`).
+# go first. `make test-grader` grades at class scale: the synthetic class and the starters (`-m
+# class_scale`), every mutant again with fresh seeds and each reference repeatedly, GRADER_JOBS graded
+# runs at once (a sample of `python -m tests.bench.consecutive`), and a mutation sample (`labkit mutate`).
+# Costs (docs/testing.md): make test ~23 min on 2 cores, make test-grader ~42 min.
 # pytest's exit code 5 (no test selected) is not a failure.
 TEST_WORKERS ?= 6
 test: install
@@ -44,7 +45,7 @@ test: install
 	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 GRADER_JOBS ?= 6
-GRADER_SAMPLE ?= --seeds 2 --reference-runs 4
+GRADER_SAMPLE ?= --seeds 1 --reference-runs 3
 MUTATE_SAMPLE ?= --sample 6
 test-grader: install
 	$(BIN)/pytest -q -n 2 --dist loadgroup -m class_scale $(ARGS); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]

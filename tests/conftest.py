@@ -3,7 +3,7 @@ markers, and the order tests run in.
 
 What a run proves is split from how often it is proven: `make test` (`-m "not class_scale"`) runs the
 unit tests, the Docker tier, each lab's reference graded once and each mutant graded once; `make
-test-grader` (`-m class_scale`, then tests/bench/consecutive.py on a sample) grades at class scale:
+test-grader` (`-m class_scale`, then a sample of tests/bench/consecutive.py and `labkit mutate`) grades at class scale:
 the synthetic class, repeated runs, catch rates under load."""
 from __future__ import annotations
 
