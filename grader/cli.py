@@ -170,7 +170,8 @@ def check(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission:
           only: Optional[list[str]] = typer.Option(None, "--only", help="judge just this check (repeatable): "
                                                    "only the phases and faults it needs run - faster, not a grade"),
           exit_zero: bool = typer.Option(False, "--exit-zero", help="exit 0 for a graded run even below full "
-                                         "marks (`make check-N` uses it); without it: 1 unless every check passed")) -> None:
+                                         "marks (`make check-N` uses it; a run that could not happen still exits 1); "
+                                         "without it: 1 unless every check passed")) -> None:
     """Grade a submission: per-check points, evidence and hints, and report.html with the run's timeline.
     Exit code 1 if any check did not pass (unless --exit-zero), 2 if it could not start."""
     from .report.console import print_report
@@ -193,7 +194,8 @@ def check(lab: str = typer.Argument(..., help="lab id, e.g. lab-1"), submission:
     console.print(f"[dim]reports: {out / 'report.json'}, {out / 'junit.xml'}; history: {out / 'history.jsonl'}[/]",
                   highlight=False)
     console.print(f"[bold]report with the timeline, faults and traces:[/] {html}", highlight=False, soft_wrap=True)
-    raise typer.Exit(0 if report.passed or exit_zero else 1)
+    graded = not all(r.state == "ERROR" for r in report.results)  # a run that could not happen is an error
+    raise typer.Exit(0 if report.passed or (exit_zero and graded) else 1)
 
 
 def _write_reports(report, out: Path) -> Path:

@@ -32,7 +32,7 @@ from .nemesis.boundaries import coverage
 from .nemesis.proxy import TcpProxy
 from .otlp import OtlpReceiver
 from .report import RunReport
-from .scenario import fault_summary, judge
+from .scenario import fault_summary, judge, only_of
 from .stack import Namespace, Stack, StackError, make_stack
 from .stack.procs import free_port
 from .supervisor import Supervisor
@@ -95,12 +95,13 @@ class Run:
 
     def wait_for_row(self, sql: str, params: tuple, alive: Callable[[], bool] = lambda: True,
                      timeout: float = 30) -> bool:
-        """True once `sql` returns a row in the run's database (grader's own connection), False after
+        """True once `sql` returns a row in the run's database (the grader's reader: name the schema,
+        `public.orders`), False after
         `timeout` or as soon as `alive()` says the service that should write it is gone."""
         def found() -> bool:
             if not alive():
                 raise WaitTimeout("the service is down")
-            with psycopg.connect(self.ns.database_url, connect_timeout=5) as conn:
+            with psycopg.connect(self.ns.reader_url, connect_timeout=5) as conn:
                 return conn.execute(sql, params).fetchone() is not None
 
         try:
@@ -264,4 +265,4 @@ def report_from_history(lab: Lab, history: History, submission: Path | str, seed
              and not str(e.data["message"]).startswith("seed ")]
     return RunReport(lab=lab.id, title=lab.title, submission=str(submission), seed=seed, runtime=runtime,
                      started_at=started, duration=duration, results=results, notes=notes,
-                     faults=fault_summary(history), coverage=coverage(history))
+                     faults=fault_summary(history), only=only_of(history), coverage=coverage(history))

@@ -189,16 +189,34 @@ def select(scenario: Scenario, only: list[str] | tuple[str, ...]) -> Selection:
     if unknown:
         raise ValueError(f"no check {', '.join(unknown)} (known: {', '.join(scenario.checks)})")
     kinds = {kind for c in only for kind, _ in scenario.checks[c].needs}
-    if not all(p.declared for p in scenario.phases):
+    unplaced = [c for c in only if not scenario.checks[c].needs and not any(c in p.serves for p in scenario.phases)]
+    if not all(p.declared for p in scenario.phases) or unplaced:
+        why = ("this lab's phases do not declare their faults" if not all(p.declared for p in scenario.phases)
+               else f"no phase says it serves {', '.join(unplaced)}")
         return Selection(list(scenario.phases), list(only),
-                         f"--only {', '.join(only)}: this lab's phases do not declare their faults, so all run; "
-                         f"only the chosen checks are judged")
+                         f"--only {', '.join(only)}: {why}, so all phases run; only the chosen checks are judged")
     chosen = [p for p in scenario.phases if p.always or p.kinds() & kinds or set(p.serves) & set(only)]
     skipped = [p.name for p in scenario.phases if p not in chosen]
     return Selection(chosen, list(only),
                      f"--only {', '.join(only)}: {len(chosen)} of {len(scenario.phases)} phases run"
                      + (f" (left out: {'; '.join(skipped)})" if skipped else "")
                      + "; only the chosen checks are judged, so the score is not a grade")
+
+
+def undeclared_faults(scenario: Scenario, history: History) -> list[str]:
+    """Faults a run injected in a phase that does not declare their kind (`Phase.injects`): what
+    `--only` would then wrongly leave out. Empty for a lab whose phases declare nothing (all run)."""
+    if not all(p.declared for p in scenario.phases):
+        return []
+    phases = {p.name: p for p in scenario.phases}
+    current, wrong = None, []
+    for e in history.events():
+        if e.kind == "note" and e.data.get("phase") in phases:
+            current = phases[e.data["phase"]]
+        elif e.kind == "fault" and e.data.get("phase") in ("start", "unavailable") and current is not None:
+            if e.data.get("fault") not in current.kinds():
+                wrong.append(f"{e.data.get('fault')} in phase {current.name!r}")
+    return sorted(set(wrong))
 
 
 def play(scenario: Scenario, run: "Run") -> None:

@@ -40,6 +40,10 @@ def assert_reference_passes_and_recheck_agrees(lab: Lab, out_dir: Path, runtime:
     history = History.load_jsonl(out_dir / "history.jsonl")
     if lab.id in EVERY_OBSERVATION_READ:
         assert not unread_observations(lab, scenario_of(lab), history), "observations no check reads"
+    from grader.scenario import undeclared_faults
+
+    undeclared = undeclared_faults(scenario_of(lab), history)
+    assert not undeclared, f"add these to the phase's Phase(injects=...), or `--only` leaves them out: {undeclared}"
     again = report_from_history(lab, history, report.submission, report.seed,
                                 report.runtime, report.started_at, report.duration)
     assert [(r.id, r.state, r.points, r.message, r.evidence) for r in again.results] == \

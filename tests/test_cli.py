@@ -138,3 +138,34 @@ def test_labkit_check_never_runs_code_through_a_link_out_of_the_submission():
     assert "score 0/" in out.stdout
     for name in ("order_api", "read_model", "services", "kit"):
         assert f"note: {name}: a link out of the submission" in out.stdout
+
+
+def test_check_exit_code_html_and_only(tmp_path, monkeypatch):
+    """A graded score below full is a result: `--exit-zero` (what `make check-N` passes) exits 0 for it,
+    never for a run that could not happen; the HTML report is written and its path printed; `--only`
+    with a check the lab lacks is refused before anything starts."""
+    from typer.testing import CliRunner
+
+    from grader import cli, runner
+    from grader.checks import CheckResult
+    from grader.report import RunReport
+
+    def fake(results):
+        def grade(lab, submission, runtime, seed, out, say, only=()):
+            (out / "history.jsonl").parent.mkdir(parents=True, exist_ok=True)
+            (out / "history.jsonl").write_text("")
+            return RunReport(lab=lab.id, title=lab.title, submission=str(submission), seed=1, runtime="native",
+                             started_at="2026-01-01T00:00:00+00:00", duration=1.0, results=results)
+        return grade
+
+    below_full = [CheckResult.verdict("a", "A", 1, True, "ok"), CheckResult.verdict("b", "B", 1, False, "lost")]
+    monkeypatch.setattr(runner, "grade", fake(below_full))
+    args = ["check", "lab-1", "--out", str(tmp_path)]
+    assert CliRunner().invoke(cli.app, args).exit_code == 1
+    done = CliRunner().invoke(cli.app, [*args, "--exit-zero"])
+    assert done.exit_code == 0 and (tmp_path / "report.html").exists()
+    assert str(tmp_path / "report.html") in done.output.replace("\n", "")
+    monkeypatch.setattr(runner, "grade", fake([CheckResult.error("a", "A", 1, "the stack failed")]))
+    assert CliRunner().invoke(cli.app, [*args, "--exit-zero"]).exit_code == 1
+    refused = CliRunner().invoke(cli.app, [*args, "--only", "nope"])
+    assert refused.exit_code == 2 and "no check nope" in refused.output

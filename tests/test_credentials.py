@@ -64,7 +64,7 @@ def test_postgres_role_works_in_its_own_database(two_runs):
 
 def test_postgres_role_cannot_enter_another_run_s_database(two_runs):
     a, b = two_runs
-    with psycopg.connect(b.database_url, autocommit=True) as conn:  # the grader's view of run b
+    with psycopg.connect(b.service_url("postgres"), autocommit=True) as conn:  # the grader's view of run b
         conn.execute("CREATE TABLE secrets (v text)")
     a_url = a.env()["DATABASE_URL"]
     for db in (b.name, "postgres"):
@@ -73,6 +73,55 @@ def test_postgres_role_cannot_enter_another_run_s_database(two_runs):
     # b's role with a's password (the URL pattern of another namespace) fails too.
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(with_credentials(a_url, b.name, a.password, path=f"/{b.name}"), connect_timeout=5).close()
+
+
+def test_the_grader_s_reader_reads_its_run_only_and_writes_nothing(native_stack, two_runs):
+    a, b = two_runs
+    with psycopg.connect(a.service_url("postgres"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int primary key)")
+        conn.execute("INSERT INTO orders VALUES (1)")
+        conn.execute("CREATE SCHEMA read_model")
+        conn.execute("CREATE TABLE read_model.orders (id int)")
+        conn.execute("SELECT pg_create_logical_replication_slot('a_slot', 'test_decoding')")
+    reader = a.reader_url
+    assert urlsplit(reader).username == f"{a.name}_grader"
+    with psycopg.connect(reader, autocommit=True) as conn:
+        assert conn.execute("SHOW search_path").fetchone()[0].replace(" ", "") == "pg_catalog,pg_temp"
+        assert conn.execute("SELECT count(*) FROM public.orders").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM read_model.orders").fetchone()[0] == 0
+        assert conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
+                            ).fetchall() == [("a_slot",)]  # lab 2's slot observations
+        conn.execute("SELECT pg_current_wal_lsn()")
+        assert conn.execute("SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolreplication OR rolbypassrls "
+                            "FROM pg_roles WHERE rolname = current_user").fetchone() == (False,)
+        for statement in ("INSERT INTO public.orders VALUES (2)", "UPDATE public.orders SET id = 3",
+                          "SET default_transaction_read_only = off; INSERT INTO public.orders VALUES (2)",
+                          "CREATE TABLE public.x (i int)", "CREATE TEMP TABLE t (i int)",
+                          "SET default_transaction_read_only = off; CREATE TEMP TABLE t (i int)",
+                          "CREATE SCHEMA mine", "SELECT rolpassword FROM pg_authid",
+                          "COPY (SELECT 1) TO PROGRAM 'true'", "SELECT pg_drop_replication_slot('a_slot')"):
+            with pytest.raises(psycopg.Error):
+                conn.execute(statement)
+            conn.execute("RESET default_transaction_read_only")
+    for db in (b.name, "postgres", "template1"):
+        with pytest.raises(psycopg.OperationalError, match="permission denied|pg_hba.conf rejects"):
+            psycopg.connect(with_credentials(reader, f"{a.name}_grader", a.reader_password, path=f"/{db}"),
+                            connect_timeout=5).close()
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):  # b's reader, a's password
+        psycopg.connect(with_credentials(reader, f"{b.name}_grader", a.reader_password, path=f"/{b.name}"),
+                        connect_timeout=5).close()
+
+
+def test_the_run_s_redis_reader_reads_its_keys_only(native_stack, two_runs):
+    a, b = two_runs
+    redis.Redis.from_url(a.service_url("redis"), socket_timeout=5).set(a.key("k"), "v")
+    redis.Redis.from_url(b.service_url("redis"), socket_timeout=5).set(b.key("k"), "w")
+    reader = redis.Redis.from_url(a.reader_url_for("redis"), socket_timeout=5)
+    assert reader.get(a.key("k")) == b"v"
+    for command in (("GET", b.key("k")), ("SET", a.key("k"), "x"), ("EVAL", "return 1", "0"), ("KEYS", "*"),
+                    ("PUBLISH", a.key("c"), "x"), ("CONFIG", "GET", "*"), ("ACL", "LIST")):
+        with pytest.raises(redis.ResponseError, match="permission"):
+            reader.execute_command(*command)
 
 
 # --- Redis ---

@@ -39,9 +39,9 @@ class FakeRun:
 @pytest.fixture
 def database(native_stack):
     ns = native_stack.namespace(prefix="parts")
-    with psycopg.connect(ns.database_url, autocommit=True) as conn:
+    with psycopg.connect(ns.service_url("postgres"), autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (order_id text PRIMARY KEY, customer_id text NOT NULL)")
-    yield ns.database_url, native_stack
+    yield ns.owner_url, native_stack
     ns.drop()
 
 
@@ -50,13 +50,13 @@ def test_reject_commits_refuses_marked_rows_at_commit_only(database):
     run = FakeRun(stack=stack)
     assert RejectCommits(url, "orders", "customer_id", "reject-").apply(run)
     with psycopg.connect(url) as conn:
-        conn.execute("INSERT INTO orders VALUES ('o-1', 'c-1')")
+        conn.execute("INSERT INTO public.orders VALUES ('o-1', 'c-1')")
         conn.commit()
-        conn.execute("INSERT INTO orders VALUES ('o-2', 'reject-1')")  # the insert itself succeeds ...
+        conn.execute("INSERT INTO public.orders VALUES ('o-2', 'reject-1')")  # the insert itself succeeds ...
         with pytest.raises(psycopg.errors.RaiseException, match="refused at commit"):
             conn.commit()  # ... the COMMIT is refused
     with psycopg.connect(url) as conn:
-        assert [r[0] for r in conn.execute("SELECT order_id FROM orders")] == ["o-1"]
+        assert [r[0] for r in conn.execute("SELECT order_id FROM public.orders")] == ["o-1"]
     assert fault_events(run.history)[0]["effective"]
 
 
@@ -67,7 +67,7 @@ def test_stall_commits_delays_marked_commits_while_others_commit(database):
 
     def insert(order_id: str, customer: str) -> None:
         with psycopg.connect(url) as conn:
-            conn.execute("INSERT INTO orders VALUES (%s, %s)", (order_id, customer))
+            conn.execute("INSERT INTO public.orders VALUES (%s, %s)", (order_id, customer))
             conn.commit()
         committed[order_id] = time.monotonic()
 

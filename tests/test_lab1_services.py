@@ -111,7 +111,7 @@ def json_error(r: httpx.Response) -> dict:
 
 
 def db(run: Run, sql: str, *params):
-    with psycopg.connect(run.ns.database_url, connect_timeout=5) as conn:
+    with psycopg.connect(run.ns.service_url("postgres"), connect_timeout=5) as conn:
         return conn.execute(sql, params).fetchall()
 
 
@@ -408,7 +408,7 @@ def test_submission_starts_and_stops_cleanly(run, tmp_path, submission):
         for service in services.values():
             service.start()
         services["order_api"].wait_healthy()
-        with psycopg.connect(ns.database_url, connect_timeout=5) as conn:
+        with psycopg.connect(ns.service_url("postgres"), connect_timeout=5) as conn:
             wait_until(lambda: conn.execute("SELECT to_regclass('customer_totals')").fetchone()[0], 30,
                        "the read model's tables")
         services["read_model"].check_alive()

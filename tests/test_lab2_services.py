@@ -88,7 +88,7 @@ def place(api: httpx.Client, customer: str, amount: int = 100) -> str:
 
 
 def db(run: Run, sql: str, *params):
-    with psycopg.connect(run.ns.database_url, connect_timeout=5, autocommit=True) as conn:
+    with psycopg.connect(run.ns.service_url("postgres"), connect_timeout=5, autocommit=True) as conn:
         cursor = conn.execute(sql, params)
         return cursor.fetchall() if cursor.description else []
 
@@ -145,7 +145,7 @@ def test_the_api_contract_of_lab_1(api):
 def test_same_key_while_the_first_is_in_progress_is_409(run, api):
     """The first cancel waits on a row lock the test holds, inside its transaction."""
     order_id, key = place(api, customer()), str(uuid.uuid4())
-    with psycopg.connect(run.ns.database_url) as blocker:
+    with psycopg.connect(run.ns.service_url("postgres")) as blocker:
         blocker.execute("SELECT 1 FROM orders WHERE order_id = %s FOR UPDATE", (order_id,))
         with ThreadPoolExecutor(1) as pool:
             first = pool.submit(post, api, f"/orders/{order_id}/cancel", None, key)
@@ -357,7 +357,7 @@ def test_submission_starts_and_stops_cleanly(run, tmp_path, submission: Path):
         for service in services.values():
             service.start()
         services["order_service"].wait_healthy()
-        with psycopg.connect(ns.database_url, connect_timeout=5) as conn:
+        with psycopg.connect(ns.service_url("postgres"), connect_timeout=5) as conn:
             wait_until(lambda: conn.execute("SELECT to_regclass('read_model.customer_totals')").fetchone()[0], 30,
                        "the projector's tables")
         for name in ("cdc_relay", "projector"):

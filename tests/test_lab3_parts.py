@@ -161,7 +161,7 @@ def test_redis_restart_empty_gives_the_run_user_back():
         user_url = ns.service_url("redis")
         run = _Run(stack)
         fault = RestartServer("redis", mode="kill", keep_data=False,
-                              then=lambda r: provision_redis(stack.url("redis"), ns.name, ns.password))
+                              then=lambda r: provision_redis(stack.url("redis"), ns.name, ns.password, ns.reader_password))
         assert fault.apply(run)
         client = redis.Redis.from_url(user_url, socket_timeout=5)
         client.set(f"{ns.name}:k", "v")  # the run's user works again, still limited to its prefix

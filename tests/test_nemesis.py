@@ -172,7 +172,7 @@ COMMIT_STYLES = """
 @pytest.mark.parametrize("style", ["commit", "transaction", "connection-block", "pool", "async"])
 @pytest.mark.parametrize("when, rows", [("before", 1), ("after", 2)])
 def test_db_commit_crash_point(native_stack, tmp_path, style, when, rows):
-    url = native_stack.namespace(prefix="crash").database_url
+    url = native_stack.namespace(prefix="crash").service_url("postgres")
     table = f"t_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (i int)")
@@ -184,7 +184,7 @@ def test_db_commit_crash_point(native_stack, tmp_path, style, when, rows):
 
 
 def test_db_commit_async_counts_transaction_blocks(native_stack, tmp_path):
-    url = native_stack.namespace(prefix="crash").database_url
+    url = native_stack.namespace(prefix="crash").service_url("postgres")
     table = f"t_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (i int)")
@@ -208,7 +208,7 @@ DEDUPE_THEN_WRITE = """
 def test_db_commit_writes_only_skips_transactions_that_changed_nothing(native_stack, tmp_path):
     """LABKIT_CRASH_WRITES=1 (HoldThenKill(writes_only=True)): a replayed record skipped as a duplicate
     is not the fresh work a hold must land on; the 2nd commit that changed rows is the one for i=2."""
-    url = native_stack.namespace(prefix="crash").database_url
+    url = native_stack.namespace(prefix="crash").service_url("postgres")
     table = f"t_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (i int PRIMARY KEY)")
@@ -549,7 +549,7 @@ DB_WRITER = """
 def test_crash_point_is_armed_live_and_kills_at_the_nth_call_then_restarts_unarmed(run, native_stack):
     """Armed before the writer starts (the crash site reads its arms at each call): the 3rd commit
     of its first life is the last; arming itself starts and kills nothing."""
-    url = native_stack.namespace(prefix="nem").database_url
+    url = native_stack.namespace(prefix="nem").service_url("postgres")
     table = f"t_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (pid int)")
@@ -596,7 +596,7 @@ SLOT_ADVANCER = """
 
 
 def test_slot_advance_crash_point_counts_advances_only(native_stack, tmp_path):
-    url = native_stack.namespace(prefix="nem").database_url
+    url = native_stack.namespace(prefix="nem").service_url("postgres")
     slot = f"s_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", (slot,))
@@ -639,7 +639,7 @@ STREAM_CONFIRMER = """
 def test_streaming_confirm_crash_point_lands_after_the_server_took_the_confirm(native_stack, tmp_path):
     """SIGKILLed just after its 3rd feedback, with WAL still streaming in: the slot has moved there.
     (Without the wait for the server, the reset socket drops the feedback and the kill probes nothing.)"""
-    url = native_stack.namespace(prefix="nem").database_url
+    url = native_stack.namespace(prefix="nem").service_url("postgres")
     slot, table = f"s_{uuid.uuid4().hex[:8]}", f"t_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (n int)")
@@ -682,7 +682,7 @@ def test_hold_then_kill_lets_a_background_auto_commit_through(run, native_stack)
     covers a record whose effect never happened. The dangerous window exists; the fault opens it."""
     bootstrap = native_stack.url("kafka")
     topic, group = fill_topic(bootstrap, 10), f"g-{uuid.uuid4().hex[:6]}"
-    url = native_stack.namespace(prefix="nem").database_url
+    url = native_stack.namespace(prefix="nem").service_url("postgres")
     table = f"t_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (kafka_offset bigint)")
@@ -733,7 +733,7 @@ def claim_then_apply(run, native_stack):
     steady producer; yields (service, count of claimed-but-not-applied records)."""
     bootstrap = native_stack.url("kafka")
     topic, group = fill_topic(bootstrap, 1), f"g-{uuid.uuid4().hex[:6]}"
-    url = native_stack.namespace(prefix="nem").database_url
+    url = native_stack.namespace(prefix="nem").service_url("postgres")
     table = f"t_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (o bigint)")
@@ -859,7 +859,7 @@ def test_pause_stops_the_whole_process_group_then_resumes_it(run):
 
 
 def test_postgres_immediate_restart_is_seen_mid_transaction_and_keeps_committed_data(run, native_stack):
-    url = native_stack.namespace(prefix="nem").database_url
+    url = native_stack.namespace(prefix="nem").service_url("postgres")
     table = f"t_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (v text)")
@@ -900,7 +900,7 @@ def test_faults_that_cannot_run_here_say_why_and_do_nothing(run):
 def test_postgres_connection_faults_through_the_proxy(run, native_stack):
     with TcpProxy("127.0.0.1", postgres_port(native_stack)) as proxy:
         run.proxies["postgres"] = proxy
-        url = via(native_stack.namespace(prefix="nem").database_url, proxy.port)
+        url = via(native_stack.namespace(prefix="nem").service_url("postgres"), proxy.port)
         conn = psycopg.connect(url, autocommit=True)
         conn.execute("SELECT 1")
         assert ResetConnections("postgres").apply(run) is True

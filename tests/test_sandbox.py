@@ -183,7 +183,7 @@ def test_another_run_s_database_is_out_of_reach(native_stack, run_env, sandbox_f
     other = native_stack.namespace(prefix="victim")
     secret = f"secret-{secrets.token_hex(8)}"
     try:
-        with psycopg.connect(other.database_url, autocommit=True) as conn:
+        with psycopg.connect(other.service_url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE TABLE payments (note text)")
             conn.execute("INSERT INTO payments VALUES (%s)", (secret,))
         submission = HOSTILE / "other_namespace_db"
@@ -194,6 +194,48 @@ def test_another_run_s_database_is_out_of_reach(native_stack, run_env, sandbox_f
         assert log.count(f"ATTACK FAILED: {other.name} via") == 4
     finally:
         other.drop()
+
+
+def test_the_grader_s_reads_run_nothing_of_the_submission_s_with_more_rights(native_stack, run_env, sandbox_for,
+                                                                             tmp_path):
+    """Schemas named `postgres` and after the reader, views over a function that tries ALTER ROLE
+    SUPERUSER, COPY ... TO PROGRAM and pg_authid, a SECURITY DEFINER twin, pg_catalog look-alikes:
+    the grader's reads (lab 1's and lab 2's, as the scenarios make them) return the real rows, and
+    whoever the traps ran as gained nothing."""
+    from grader.history import History
+    from grader.observe.postgres import observe_rows, observe_slots, rows_stable
+    from grader.scenarios import lab1, lab2
+
+    marker = Path(f"/tmp/labkit-escape-{run_env.name}")
+    submission = HOSTILE / "shadows_grader_reads"
+    service = start(sandbox_for(submission), submission, run_env.env(), tmp_path)
+    try:
+        assert "traps set" in log_of(service), log_of(service)
+        url = run_env.reader_url
+        history = History()
+        downstream = observe_rows(history, "downstream", url, lab1.DOWNSTREAM_SQL)
+        again = observe_rows(history, "again", url, dict(reversed(lab1.DOWNSTREAM_SQL.items())))  # traps first
+        for data in (downstream, again):
+            assert data["orders"] == [["real-1", "c-real", 100, "placed"]], data
+            assert data["totals"] == [["c-real", 1, 100]], data
+        assert observe_rows(history, "lab2", url, lab2.DOWNSTREAM_SQL)["orders"] == [["real-1", "c-real", 100, "placed"]]
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT 1 FROM public.orders WHERE order_id = %s", ("fake-1",)).fetchone() is None
+            assert conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0] != "0/1"
+        assert observe_slots(history, url) == []
+        rows_stable(url, "SELECT count(*) FROM public.orders")()
+        # The traps ran (as the reader, and as the run's own role) and every attempt failed.
+        expected = [f"ATTACK FAILED: as {run_env.name}_grader: {what}" for what in ("ALTER ROLE", "COPY TO PROGRAM",
+                                                                                     "pg_authid")]
+        expected += [f"ATTACK FAILED: as {run_env.name}: {what}" for what in ("ALTER ROLE", "COPY TO PROGRAM", "pg_authid")]
+        wait_until(lambda: all(e in log_of(service) for e in expected), 15, "the traps' reports")
+        log = log_of(service)
+        assert "ATTACK SUCCEEDED" not in log, log
+    finally:
+        service.stop()
+    assert not marker.exists(), marker.read_text()
+    with psycopg.connect(native_stack.url("postgres")) as conn:
+        assert [r for (r,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolsuper")] == ["postgres"]
 
 
 def test_a_hanging_service_is_bounded_and_killed(run_env, sandbox_for, tmp_path):

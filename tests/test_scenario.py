@@ -150,3 +150,44 @@ def test_a_check_needing_every_boundary_is_skip_naming_the_one_never_killed_afte
     assert coverage(partial) == {"read_model": "2 of 3 boundaries killed after, 1 held before"}
     assert happened(sweep(["db-commit#1", "db-commit#2", "consumer-ack#1"]), BOUNDARIES, "read_model")
     assert "never swept" in why_not(History(), BOUNDARIES, "read_model")
+
+
+def test_only_plays_the_phases_a_check_needs():
+    from grader.scenario import select
+    from grader.scenarios import lab1
+
+    names = lambda sel: [p.name.split(" ")[0] for p in sel.phases]  # noqa: E731
+    assert names(select(lab1.SCENARIO, ["poison-message"])) == ["start", "quiesce", "poison"]
+    assert names(select(lab1.SCENARIO, ["api-contract"])) == ["start", "API", "quiesce"]
+    traces = select(lab1.SCENARIO, ["traces"])
+    assert names(traces) == ["start", "API", "quiesce", "poison", "traces:"]
+    assert "3 of 6 phases run" in select(lab1.SCENARIO, ["poison-message"]).message
+    with pytest.raises(ValueError, match="no check nope"):
+        select(lab1.SCENARIO, ["nope"])
+
+
+def test_only_runs_everything_where_phases_do_not_declare_their_faults():
+    from grader.scenario import Check, Phase, Scenario, select
+
+    scenario = Scenario(Params(), [Phase("a", lambda run, ctx: None), Phase("b", lambda run, ctx: None)],
+                        {"x": Check(lambda h, **kw: None)})
+    chosen = select(scenario, ["x"])
+    assert len(chosen.phases) == 2 and "all phases run" in chosen.message
+    declared = Scenario(Params(), [Phase("a", lambda run, ctx: None, always=True),
+                                   Phase("b", lambda run, ctx: None, injects=("kill",))],
+                        {"x": Check(lambda h, **kw: None)})
+    unplaced = select(declared, ["x"])  # needs nothing and no phase serves it: it may need any of them
+    assert len(unplaced.phases) == 2 and "no phase says it serves x" in unplaced.message
+
+
+def test_a_fault_in_a_phase_that_does_not_declare_it_is_found():
+    from grader.scenario import Check, Phase, Scenario, undeclared_faults
+
+    scenario = Scenario(Params(), [Phase("a", lambda run, ctx: None, injects=("kill",), always=True)],
+                        {"x": Check(lambda h, **kw: None)})
+    history = History()
+    history.record("note", "grader", message="phase a", phase="a")
+    history.record("fault", "nemesis", fault="kill", target="s", fid=1, phase="start")
+    assert undeclared_faults(scenario, history) == []
+    history.record("fault", "nemesis", fault="cut", target="kafka", fid=2, phase="start")
+    assert undeclared_faults(scenario, history) == ["cut in phase 'a'"]

@@ -32,15 +32,27 @@ def test_roundtrip(native_stack, kind):
     ROUNDTRIPS[kind](native_stack.url(kind))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a plain user the servers run as that user")
+def test_servers_run_as_an_unprivileged_user_and_group_only(native_stack):
+    """Never root, never root's group 0 (Popen(user=) alone keeps the caller's groups)."""
+    for kind, server in native_stack.servers.items():
+        assert server.pids(), kind
+        for pid in server.pids():
+            proc = psutil.Process(pid)
+            uids, gids = proc.uids(), proc.gids()
+            groups = Path(f"/proc/{pid}/status").read_text().split("Groups:")[1].splitlines()[0].split()
+            assert 0 not in (*uids, *gids) and groups in ([], [str(gids.real)]), (kind, uids, gids, groups)
+
+
 def test_namespaces_keep_two_runs_apart(native_stack):
     a, b = native_stack.namespace(prefix="a"), native_stack.namespace(prefix="b")
     try:
         assert a.env()["DATABASE_URL"] != b.env()["DATABASE_URL"]
         assert a.topic("orders") != b.topic("orders") and a.key("x") != b.key("x")
-        with psycopg.connect(a.database_url, autocommit=True) as conn:
+        with psycopg.connect(a.service_url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE TABLE orders (id int)")
             conn.execute("INSERT INTO orders VALUES (1)")
-        with psycopg.connect(b.database_url, autocommit=True) as conn:
+        with psycopg.connect(b.service_url("postgres"), autocommit=True) as conn:
             assert conn.execute("SELECT to_regclass('orders')").fetchone()[0] is None
     finally:
         a.drop()

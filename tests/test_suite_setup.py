@@ -11,3 +11,13 @@ def test_loadgroup_keeps_a_group_on_one_worker(request):
     assert request.node.nodeid.endswith("@suite-setup"), (
         "pytest-xdist did not tag this test with its group: grouped tests would run on every worker "
         "(pin pytest to a release pytest-xdist supports, see pyproject.toml)")
+
+
+def test_pyproject_license_is_an_spdx_string():
+    """A license table makes setuptools (>= 77) print a deprecation banner on every `make install`."""
+    import tomllib
+    from pathlib import Path
+
+    data = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert isinstance(data["project"]["license"], str)
+    assert any(r.startswith("setuptools>=77") for r in data["build-system"]["requires"])

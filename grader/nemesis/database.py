@@ -1,4 +1,6 @@
-"""Faults inside the database the grader owns (it is the superuser of every run's database)."""
+"""Faults inside a run's database, made as the run's own role (`Namespace.owner_url`): it owns the
+tables, which is all a trigger needs. Never as a superuser: the database is the submission's, and
+anything it holds (a schema, a function, an operator) must not run with more rights than its own."""
 from __future__ import annotations
 
 import psycopg
@@ -7,23 +9,26 @@ from psycopg import sql
 from .base import Fault, Need, Target
 
 FUNCTION = "labkit_reject_commit"
+SCHEMA = "public"  # where the labs' tables are (the contract); the function goes there too
 
 
 def _deferred_trigger(conn, name: str, table: str, column: str, prefix: str, body: str) -> None:
-    """A deferred constraint trigger on `table`: `body` (plpgsql) runs at COMMIT for every inserted
-    row whose `column` starts with `prefix`."""
-    fn = sql.Identifier(name)
+    """A deferred constraint trigger on `public.table`: `body` (plpgsql) runs at COMMIT for every
+    inserted row whose `column` starts with `prefix`. Names qualified and the function's search_path
+    pinned: nothing the submission defines stands in for starts_with or pg_sleep."""
+    fn = sql.Identifier(SCHEMA, name)
     conn.execute(sql.SQL("""
-        CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$
+        CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql
+        SET search_path = pg_catalog, pg_temp AS $$
         BEGIN
-          IF starts_with(NEW.{col}::text, {prefix}) THEN
+          IF pg_catalog.starts_with(NEW.{col}::pg_catalog.text, {prefix}) THEN
             {body}
           END IF;
           RETURN NULL;
         END $$""").format(fn=fn, col=sql.Identifier(column), prefix=sql.Literal(prefix), body=sql.SQL(body)))
     conn.execute(sql.SQL("""CREATE CONSTRAINT TRIGGER {trigger} AFTER INSERT ON {table}
                             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {fn}()""").format(
-        trigger=fn, table=sql.Identifier(table), fn=fn))
+        trigger=sql.Identifier(name), table=sql.Identifier(SCHEMA, table), fn=fn))
 
 
 class RejectCommits(Fault):
@@ -81,7 +86,7 @@ class StallCommits(Fault):
     def inject(self, run: Target) -> None:
         with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
             _deferred_trigger(conn, f"labkit_stall_commit_{self.id}", self.target, self.column, self.prefix,
-                              f"PERFORM pg_sleep({float(self.seconds)});")
+                              f"PERFORM pg_catalog.pg_sleep({float(self.seconds)});")
         self.effective = True
         self.detail = {"prefix": self.prefix, "seconds": self.seconds}
 

@@ -2,8 +2,10 @@
 mode, queue depths, dead-lettered messages with their x-death headers, the broker's log.
 
 Channels and consumers come from `rabbitmqctl` (no management plugin needed; native runtime: the
-private node's NativeRabbitMQ.rabbitmqctl); queue depths and the dead-letter queue from an AMQP
-connection of the grader's own, straight to the broker (not through the services' fault proxy).
+private node's NativeRabbitMQ.rabbitmqctl, run as the node's own unprivileged user) in its JSON
+format: queue and consumer names are the submission's, and must never shape the rows parsed. Queue
+depths and the dead-letter queue come from an AMQP connection with the run's own user on its vhost
+(no more than the submission's rights), straight to the broker (not through the services' fault proxy).
 Each read is recorded in the history; checkers judge those records only.
 """
 from __future__ import annotations
@@ -44,13 +46,18 @@ def _vhost(run: "Run") -> str:
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
-def _rows(text: str, names: list[str]) -> list[dict[str, str]]:
-    rows = []
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) == len(names) and parts[0] != names[0]:
-            rows.append(dict(zip(names, parts)))
-    return rows
+def _rows(text: str, names: list[str]) -> list[dict[str, Any]]:
+    """rabbitmqctl's `--formatter json` output: one object per row. A machine format, so a queue or
+    consumer name (the submission's) is a value, never a column or a row of its own."""
+    try:
+        rows = json.loads(text or "[]")
+    except ValueError:
+        raise ValueError(f"rabbitmqctl printed no JSON: {text[:200]!r}") from None
+    return [r for r in rows if isinstance(r, dict) and all(n in r for n in names)] if isinstance(rows, list) else []
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else 0
 
 
 def observe_channels(run: "Run", history: History, timeout: float = 20) -> list[dict] | None:
@@ -59,9 +66,10 @@ def observe_channels(run: "Run", history: History, timeout: float = 20) -> list[
     if ctl is None:
         return None
     names = ["pid", "connection", "vhost", "prefetch_count", "messages_unacknowledged", "consumer_count"]
-    rows = _rows(ctl("list_channels", *names, "--no-table-headers", "-q", timeout=timeout), names)
-    channels = [{"pid": r["pid"], "connection": r["connection"], "prefetch": int(r["prefetch_count"]), "unacked": int(r["messages_unacknowledged"]),
-                 "consumers": int(r["consumer_count"])} for r in rows if r["vhost"] == _vhost(run)]
+    rows = _rows(ctl("list_channels", *names, "--formatter", "json", "-q", timeout=timeout), names)
+    channels = [{"pid": str(r["pid"]), "connection": str(r["connection"]), "prefetch": _int(r["prefetch_count"]),
+                 "unacked": _int(r["messages_unacknowledged"]), "consumers": _int(r["consumer_count"])}
+                for r in rows if r["vhost"] == _vhost(run)]
     history.observe(CHANNELS, channels=channels)
     return channels
 
@@ -71,10 +79,11 @@ def observe_consumers(run: "Run", history: History, timeout: float = 20) -> list
     if ctl is None:
         return None
     names = ["queue_name", "channel_pid", "ack_required", "prefetch_count"]
-    rows = _rows(ctl("list_consumers", "-p", _vhost(run), *names, "--no-table-headers", "-q", timeout=timeout),
+    rows = _rows(ctl("list_consumers", "-p", _vhost(run), *names, "--formatter", "json", "-q", timeout=timeout),
                  names)
-    consumers = [{"queue": r["queue_name"], "channel": r["channel_pid"], "ack_required": r["ack_required"] == "true",
-                  "prefetch": int(r["prefetch_count"])} for r in rows]
+    consumers = [{"queue": str(r["queue_name"]), "channel": str(r["channel_pid"]),
+                  "ack_required": r["ack_required"] in (True, "true"), "prefetch": _int(r["prefetch_count"])}
+                 for r in rows]
     history.observe(CONSUMERS, consumers=consumers)
     return consumers
 
@@ -196,7 +205,7 @@ def observe_broker_log(run: "Run", history: History, patterns: tuple[str, ...] =
 
 def erlang_pid(text: str) -> tuple[str, str] | None:
     """The local part of an Erlang pid, comparable between the log (`<0.689.0>`) and rabbitmqctl
-    (`<node@host.1795454862.689.0>`): its last two numbers."""
+    (`<node@host.1795454862.689.0>`, JSON: `#PID<10987.689.0>`): its last two numbers."""
     found = re.search(r"<[^<>]*?(\d+)\.(\d+)>", text)
     return found.groups() if found else None
 

@@ -1,4 +1,6 @@
-"""Reading tables with the grader's own PostgreSQL connection."""
+"""Reading tables with the grader's own PostgreSQL connection: the run's reader role
+(Namespace.reader_url), which reads that run's tables and nothing else, search_path pinned to
+pg_catalog; every statement names its schema, since the submission owns the database."""
 from __future__ import annotations
 
 import time
@@ -13,11 +15,19 @@ def _plain(value):
     return value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
 
 
+def _pinned_rows(conn, sql: str) -> list[list]:
+    # A view of the submission's may call a function that moves search_path for the rest of the
+    # session: pin it again before each of the grader's statements.
+    conn.execute("SET search_path = pg_catalog, pg_temp")
+    return [[_plain(v) for v in row] for row in conn.execute(sql)]
+
+
 def observe_rows(history: History, what: str, url: str, queries: dict[str, str]) -> dict:
-    """Run each query, record {name: rows} as one observation `what`; an error is recorded too."""
+    """Run each query, record {name: rows} as one observation `what`; an error is recorded too.
+    `url` is the run's reader (Namespace.reader_url); queries name their schemas (`public.orders`)."""
     try:
         with psycopg.connect(url, connect_timeout=5) as conn:
-            data = {name: [[_plain(v) for v in row] for row in conn.execute(sql)] for name, sql in queries.items()}
+            data = {name: _pinned_rows(conn, sql) for name, sql in queries.items()}
     except psycopg.Error as e:
         data = {"error": str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}
     history.observe(what, **data)

@@ -1,5 +1,7 @@
-"""Reading a cache with the grader's own Redis client (the admin URL, never the service's user and
-never through the fault proxy, so a cut of the services' path does not blind the grader).
+"""Reading a cache with the grader's own Redis client: the run's reader user (`Namespace.reader_url_for
+("redis")`: the run's keys only, the commands below only; credentials.REDIS_READER_COMMANDS), never
+the service's user and never through the fault proxy, so a cut of the services' path does not blind
+the grader.
 
 A lab states which key holds what (lab 3: `<namespace>:product:<id>`, JSON with a "version"); the
 observer reads those keys and their remaining TTLs, records them, and can expire a key the way a
@@ -17,8 +19,8 @@ from ..history import History
 
 
 class RedisObserver:
-    def __init__(self, admin_url: str, timeout: float = 5.0) -> None:
-        self.client = redis.Redis.from_url(admin_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    def __init__(self, url: str, timeout: float = 5.0) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
     def entries(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """{key: {"raw": text or None, "version": int or None, "pttl_ms": int}} for each key: pttl -2

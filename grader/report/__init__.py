@@ -30,6 +30,7 @@ class RunReport:
     crashed: list[str] = field(default_factory=list)  # services that died on their own: their logs are shown
     faults: list[dict] = field(default_factory=list)  # injected faults: fault, target, start, end, effective, ...
     coverage: dict[str, str] = field(default_factory=dict)  # service -> "3 of 3 boundaries killed after, 2 held before"
+    only: list[str] = field(default_factory=list)  # `labkit check --only`: the checks this partial run judged
 
     @property
     def counted(self) -> list[CheckResult]:
@@ -71,4 +72,6 @@ class RunReport:
         folder = Path(self.submission)
         if self.submission and not (folder.name == "starter" and (folder.parent.name == self.lab or folder.parent.name.startswith(f"{self.lab}-"))):
             words += ["--submission", self.submission]
+        for check in self.only:
+            words += ["--only", check]
         return shlex.join(words)

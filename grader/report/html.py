@@ -130,9 +130,18 @@ def render_html(report: RunReport | Mapping, history: str | Path | Timeline | No
             if name in (data.get("crashed") or []) or "Traceback (most recent call last)" in log}
     return _ENV.get_template("report.html.j2").render(
         r=data, summary=summary_line(data), state_class=STATE_CLASS, timeline=timeline_svg(tl, violations),
-        faults=tl.faults, unavailable=tl.unavailable, ops=len(tl.ops), violations=violations,
+        faults=[(w, _described(w, data.get("faults") or [])) for w in tl.faults], unavailable=tl.unavailable, ops=len(tl.ops), violations=violations,
         outcomes={k: sum(op.outcome == k for op in tl.ops) for k in COMPLETIONS},
         traces=failing_traces(data, events), logs=logs)
+
+
+def _described(window, faults: list[dict]) -> dict:
+    """The report's summary of the fault a timeline window shows (what it did, whether it bit)."""
+    for f in faults:
+        if f.get("fault") == window.name and str(f.get("target")) == window.target and f.get("start") is not None \
+                and abs(float(f["start"]) - window.start) < 1e-3:
+            return f
+    return {}
 
 
 def write_html(report: RunReport | Mapping, path: str | Path, history: str | Path | Timeline | None = None) -> None:

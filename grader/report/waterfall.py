@@ -67,7 +67,7 @@ class _Waterfall:
     def tree(self) -> Tree:
         services = sorted({s.service for t in self.traces for s in self.index.trace(t)})
         head = Text.assemble(("trace ", "bold"), (printable(self.trace_id), "bold"),
-                             f" · {self.count} span{'s' * (self.count != 1)}")
+                             f" · {self.count} span{'s' * (self.count != 1)}", no_wrap=True, overflow="ellipsis")
         if self.count:
             head.append(f" · {fmt_ns(self.t1 - self.t0)} · {printable(', '.join(services))}")
         if len(self.traces) > 1:

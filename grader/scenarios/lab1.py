@@ -46,8 +46,8 @@ from ..workloads.tracing import trace_phase
 P = Params(orders=120, rate=30, concurrency=6, load_max_seconds=90, fallback_after=20.0, hold=7.0, sweep_seconds=60,
            cut_orders=4, cut_cancels=3, oneway_wait=12.0, delay_ms=1500, replays=5, duplicates=15,
            quiesce_timeout=60)
-DOWNSTREAM_SQL = {"orders": "SELECT order_id, customer_id, amount_cents, status FROM orders",
-                  "totals": "SELECT customer_id, order_count, total_cents FROM customer_totals"}
+DOWNSTREAM_SQL = {"orders": "SELECT order_id, customer_id, amount_cents, status FROM public.orders",
+                  "totals": "SELECT customer_id, order_count, total_cents FROM public.customer_totals"}
 
 
 def orders(run: Run) -> Orders:
@@ -82,8 +82,8 @@ def consuming(run: Run) -> bool:
 
 
 def count_rows(run: Run) -> int:
-    with psycopg.connect(run.ns.database_url, connect_timeout=5) as conn:
-        return conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+    with psycopg.connect(run.ns.reader_url, connect_timeout=5) as conn:
+        return conn.execute("SELECT count(*) FROM public.orders").fetchone()[0]
 
 
 def load(run: Run, ctx: PhaseContext) -> None:
@@ -119,15 +119,15 @@ def api_faults(run: Run, ctx: PhaseContext) -> None:
 
 
 def settle_and_observe(run: Run, ctx: PhaseContext) -> None:
-    url = run.ns.database_url
+    url = run.ns.reader_url
     quiesce(run.history, {"read model lag 0": group_lag_is_zero(run.kafka, run.ns.group("read-model"), run.ns.topic("orders")),
-                          "read model rows stable": rows_stable(url, "SELECT count(*) FROM orders")}, P.quiesce_timeout)
+                          "read model rows stable": rows_stable(url, "SELECT count(*) FROM public.orders")}, P.quiesce_timeout)
     observe_rows(run.history, DOWNSTREAM, url, DOWNSTREAM_SQL)
 
 
 def poison(run: Run, ctx: PhaseContext) -> None:
     def applied(reply) -> bool:
-        return run.wait_for_row("SELECT 1 FROM orders WHERE order_id = %s", (reply.body.get("order_id"),),
+        return run.wait_for_row("SELECT 1 FROM public.orders WHERE order_id = %s", (reply.body.get("order_id"),),
                                 alive=run.services["read_model"].alive)
 
     poison_phase(run, run.ns.topic("orders"), run.ns.topic("orders.dlq"), "read_model",
@@ -139,7 +139,7 @@ def traces(run: Run, ctx: PhaseContext) -> None:
         return orders(run).place(orders(run).key(), orders(run).body(), probe="trace")
 
     trace_phase(run, place, lambda reply: (reply.body or {}).get("order_id"),
-                lambda order_id: run.wait_for_row("SELECT 1 FROM orders WHERE order_id = %s", (order_id,), timeout=0.5),
+                lambda order_id: run.wait_for_row("SELECT 1 FROM public.orders WHERE order_id = %s", (order_id,), timeout=0.5),
                 group_lag_is_zero(run.kafka, run.ns.group("read-model"), run.ns.topic("orders")),
                 run.ns.topic("orders"), stop=["order_api", "read_model"], consumer="read_model")
 
@@ -164,7 +164,8 @@ SCENARIO = Scenario(
                   injects=(OneWayCut.kind, Kill.kind, Cut.kind, Duplicates.kind)),
             Phase("quiesce and observe", settle_and_observe, always=True),
             Phase("poison records", poison, injects=(Poison.kind,)),
-            Phase("traces: traced orders, a redelivery, SIGTERM flush", traces, serves=("traces",))],
+            Phase("traces: traced orders, a redelivery, SIGTERM flush", traces, injects=(Duplicates.kind,),
+                  serves=("traces",))],
     checks={
         "api-contract": Check(check_api_contract, needs=[(Delay.kind, "kafka"), (Kill.kind, "order_api")],
                               events=[retried_unknown_answered]),

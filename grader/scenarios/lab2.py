@@ -103,7 +103,7 @@ def faults(run: Run) -> list[list[At]]:
     # (between an order's transaction and a separate outbox one) a restart's failed commits would shift.
     others = [At(CrashPoint("order_service", "db-commit", "after", odd, fallback_after=fb), after_ok=5),
               At(HoldThenKill("order_service", "db-commit", odd2, hold=1.0, fallback_after=fb)),
-              At(RestartServer("postgres", down=1.0, checkpoint_url=run.ns.database_url)),
+              At(RestartServer("postgres", down=1.0, checkpoint_url=run.stack.url("postgres"))),
               # held before a commit by projector_hold (its own schedule): the sweep waits until that is over
               At(BoundarySweep("projector", fallback_after=fb, max_seconds=P.sweep_seconds, max_ordinal=1,
                                hold_before=()))]
@@ -115,7 +115,7 @@ def relay_publishing(run: Run) -> bool:
     seconds): the slot's confirmed position moved since the last look. A broker cut that starts
     then meets its sends, and outlasts its delivery timeout (lab.toml: RELAY_DELIVERY_TIMEOUT_MS),
     so a relay that confirms past failed sends loses them."""
-    with psycopg.connect(run.ns.database_url, connect_timeout=5) as conn:
+    with psycopg.connect(run.ns.reader_url, connect_timeout=5) as conn:
         confirmed = conn.execute("SELECT max(confirmed_flush_lsn)::text FROM pg_replication_slots "
                                  "WHERE database = current_database()").fetchone()[0]
     before, run.state["confirmed"] = run.state.get("confirmed"), confirmed
@@ -150,8 +150,8 @@ def start(run: Run, ctx: PhaseContext) -> None:
     run.services["cdc_relay"].start()
     run.services["projector"].start()
     run.services["order_service"].start().wait_healthy()  # it creates the tables and the slot
-    RejectCommits(run.ns.database_url, "orders", "customer_id", REJECT).apply(run)
-    StallCommits(run.ns.database_url, "orders", "customer_id", SLOW, P.stall).apply(run)
+    RejectCommits(run.ns.owner_url, "orders", "customer_id", REJECT).apply(run)
+    StallCommits(run.ns.owner_url, "orders", "customer_id", SLOW, P.stall).apply(run)
     probe_basics(orders(run))
     probe_concurrent_key(run, orders(run), Delay("postgres", P.delay_ms))
     for n in range(P.rejects):
@@ -178,7 +178,7 @@ def slow_orders(run: Run, ctx: PhaseContext) -> None:
 
 def wal_mark(run: Run) -> None:
     """Where the WAL was once the last order was acknowledged: the slot must get past it."""
-    with psycopg.connect(run.ns.database_url, connect_timeout=10) as conn:
+    with psycopg.connect(run.ns.reader_url, connect_timeout=10) as conn:
         mark = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
     run.history.observe("wal-mark", lsn=mark, t=run.history.elapsed())
 
@@ -189,7 +189,7 @@ def more_faults(run: Run, ctx: PhaseContext) -> None:
 
 
 def settle_and_observe(run: Run, ctx: PhaseContext) -> None:
-    url = run.ns.database_url
+    url = run.ns.reader_url
     quiesce(run.history, {"projector lag 0": settled(run),
                           "downstream rows stable": rows_stable(url, "SELECT count(*) FROM read_model.orders")},
             P.quiesce_timeout)
@@ -222,14 +222,17 @@ RELAY_LOSSES = (tuple(RELAY_CRASHES), ("relay",))
 RESTART_LOSSES = (((RestartServer.kind, "postgres"),), ("relay", "projector"))
 SCENARIO = Scenario(
     params=P,
-    phases=[Phase("start, refuse some commits, probe the API contract", start),
+    phases=[Phase("start, refuse some commits, probe the API contract", start,
+                  injects=(RejectCommits.kind, StallCommits.kind, Delay.kind), always=True),
             Phase("load under relay, service, projector and database faults", load,
-                  lambda run: [*after_projector_hold(faults(run)), projector_hold(run)], P.load_max_seconds),
-            Phase("API restart, duplicates", more_faults),
-            Phase("quiesce and observe", settle_and_observe),
-            Phase("poison records", poison),
-            Phase("traces: traced orders, a redelivery, SIGTERM flush", traces)],
-    observers=[slot_sampler(lambda run: run.ns.database_url)],
+                  lambda run: [*after_projector_hold(faults(run)), projector_hold(run)], P.load_max_seconds,
+                  injects=(BoundarySweep.kind, CrashPoint.kind, HoldThenKill.kind, Cut.kind, RestartServer.kind)),
+            Phase("API restart, duplicates", more_faults, injects=(Kill.kind, Duplicates.kind)),
+            Phase("quiesce and observe", settle_and_observe, always=True),
+            Phase("poison records", poison, injects=(Poison.kind,)),
+            Phase("traces: traced orders, a redelivery, SIGTERM flush", traces, injects=(Duplicates.kind,),
+                  serves=("traces",))],
+    observers=[slot_sampler(lambda run: run.ns.reader_url)],
     checks={
         "api-contract": Check(check_api_contract, needs=[(Delay.kind, "postgres"), (Kill.kind, "order_service"),
                                                          (CrashPoint.kind, "order_service")],
@@ -269,10 +272,10 @@ def metrics(run: Run, elapsed: float) -> dict[str, str]:
     """The live view's numbers (the latest trace is drawn by grader/live.py for every lab)."""
     shown = order_metrics(run.history, elapsed)
     try:
-        with psycopg.connect(run.ns.database_url, connect_timeout=3) as conn:
-            shown["outbox rows"] = str(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        with psycopg.connect(run.ns.reader_url, connect_timeout=3) as conn:
+            shown["outbox rows"] = str(conn.execute("SELECT count(*) FROM public.outbox").fetchone()[0])
             shown["orders downstream"] = str(conn.execute("SELECT count(*) FROM read_model.orders").fetchone()[0])
-        for slot in observe_slots(History(), run.ns.database_url):
+        for slot in observe_slots(History(), run.ns.reader_url):
             shown[f"slot {slot['slot']}"] = (f"{slot['lag_bytes']} bytes unconfirmed, {slot['retained_bytes']} bytes "
                                              f"of WAL retained")
         shown["projector lag"] = str(group_lag(run.kafka, run.ns.group("projector"), topic(run), timeout=2))

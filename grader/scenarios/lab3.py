@@ -85,7 +85,7 @@ def catalog(run: Run) -> Catalog:
 
 def observer(run: Run) -> RedisObserver:
     if "observer" not in run.state:
-        run.state["observer"] = RedisObserver(run.stack.url("redis"))
+        run.state["observer"] = RedisObserver(run.ns.reader_url_for("redis"))
     return run.state["observer"]
 
 
@@ -102,7 +102,7 @@ def probes(run: Run) -> CacheProbes:
 
 def reprovision(run: Run) -> None:
     """Redis restarted empty: the run's ACL user is back (the service's credentials still work)."""
-    provision_redis(run.stack.url("redis"), run.ns.name, run.ns.password)
+    provision_redis(run.stack.url("redis"), run.ns.name, run.ns.password, run.ns.reader_password)
 
 
 # --- phases ------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def start(run: Run, ctx: PhaseContext) -> None:
         run.services[name].start()
     for name in SERVICES:
         run.services[name].wait_healthy()
-    with psycopg.connect(run.ns.database_url, connect_timeout=10) as conn:  # its slot, if it uses one, first
+    with psycopg.connect(run.ns.reader_url, connect_timeout=10) as conn:  # its slot, if it uses one, first
         wait_quietly(lambda: conn.execute("SELECT 1 FROM pg_replication_slots WHERE database = current_database()")
                      .fetchone(), 5)
     pids, absent = ids(run)["all"], ids(run)["absent"]
@@ -211,8 +211,8 @@ def settle_and_observe(run: Run, ctx: PhaseContext) -> None:
     pids = ids(run)["all"]
     quiesce(run.history, {"cached versions stable": versions_stable(observer(run), lambda: [cache_key(run, p) for p in pids],
                                                                     1.5)}, P.quiesce_timeout)
-    observe_rows(run.history, "final-db", run.ns.database_url,
-                 {"products": "SELECT id, name, price_cents, version FROM products ORDER BY id"})
+    observe_rows(run.history, "final-db", run.ns.reader_url,
+                 {"products": "SELECT id, name, price_cents, version FROM public.products ORDER BY id"})
     observe_cache(run.history, "final-cache", observer(run), {p: cache_key(run, p) for p in pids})
     probes(run).flush_reads()
 
@@ -279,13 +279,46 @@ def traffic(run: Run, stop: threading.Event, rate: float = 10.0) -> None:
                       readers=4)
 
 
+def hot_key_reads(reads: list[tuple[float, str, int]], hot: list[str], now: float, window: float) -> str:
+    """Database reads per hot key over the window (what `stampede` judges per expiry), from the tap."""
+    counts = {key: 0 for key in hot}
+    for t, key, _ in reads:
+        if key in counts and t >= now - window:
+            counts[key] += 1
+    if not counts:
+        return "-"
+    worst = max(counts, key=counts.get)
+    return f"max {counts[worst]} ({worst}), {sum(counts.values()) / len(counts):.1f} on average"
+
+
+def last_write_staleness(history) -> str:
+    """The latest acknowledged write, and how long reads kept returning an older version after it
+    (what `freshness` and `stale-set-race` judge): still stale, or visible after N s."""
+    puts = [op for op in history.ops("put") if op.type == "ok" and isinstance(op.result.get("body"), dict)]
+    if not puts:
+        return "no write yet"
+    last = max(puts, key=lambda op: op.t_complete)
+    product, version = last.invoke.get("product"), last.result["body"].get("version", 0)
+    gets = [op for op in history.ops("get") if op.type == "ok" and op.invoke.get("product") == product
+            and op.t_invoke >= last.t_complete and isinstance(op.result.get("body"), dict)]
+    stale = [op for op in gets if op.result["body"].get("version", 0) < version]
+    if gets and gets[-1] in stale:
+        return f"{product} v{version}: still stale {history.elapsed() - last.t_complete:.1f} s after the write"
+    lag = max((op.t_invoke - last.t_complete for op in stale), default=0.0)
+    return f"{product} v{version}: visible after {lag:.2f} s" if gets else f"{product} v{version}: not read yet"
+
+
 def metrics(run: Run, elapsed: float) -> dict[str, str]:
-    """Hit ratio (measured at the database), database reads/s, staleness, read p50/p99."""
+    """What the checks judge (database reads per hot key, staleness after the last write), then hit
+    ratio (measured at the database), database reads/s, read p50/p99."""
     window = 5.0
-    shown = catalog_metrics(run.history, elapsed, window)
+    shown = {"last write": last_write_staleness(run.history)}
+    shown.update(catalog_metrics(run.history, elapsed, window))
     try:
         now = run.history.elapsed()
-        reads = sum(1 for t, _, _ in probes(run).tap.snapshot() if t >= now - window)
+        snapshot = probes(run).tap.snapshot()
+        shown = {"db reads per hot key (5 s)": hot_key_reads(snapshot, ids(run)["hot"], now, window), **shown}
+        reads = sum(1 for t, _, _ in snapshot if t >= now - window)
         gets = sum(1 for op in run.history.ops("get") if op.t_invoke >= now - window)
         puts = sum(1 for op in run.history.ops("put") if op.t_invoke >= now - window)
         misses = max(reads - puts, 0)

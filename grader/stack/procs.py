@@ -98,16 +98,29 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def unprivileged_user() -> str | None:
-    """Who servers that refuse root (PostgreSQL) run as when we are root; None if not root."""
+    """Who the servers the kit starts run as when we are root (never root: PostgreSQL refuses it, and
+    a server is the first thing a hostile row or key reaches); None if not root. `nobody` exists on
+    a fresh Debian machine; its group (nogroup) is what the servers get, never root's group 0."""
     if os.geteuid() != 0:
         return None
     name = os.environ.get("LABKIT_UNPRIVILEGED_USER", "nobody")
     try:
-        pwd.getpwnam(name)
+        pw = pwd.getpwnam(name)
     except KeyError:
-        raise StackError(f"running as root needs an unprivileged user for PostgreSQL; user {name!r} does not exist "
+        raise StackError(f"running as root needs an unprivileged user for the servers; user {name!r} does not exist "
                          f"(set LABKIT_UNPRIVILEGED_USER or: useradd --system {name})") from None
+    if pw.pw_uid == 0 or pw.pw_gid == 0:
+        raise StackError(f"LABKIT_UNPRIVILEGED_USER={name!r} has uid or gid 0: the servers need an unprivileged one")
     return name
+
+
+def account(user: str | None) -> dict:
+    """Popen arguments that run a process as `user` with its own primary group and no other
+    (Popen(user=) alone keeps the caller's groups: root's group 0)."""
+    if user is None:
+        return {}
+    pw = pwd.getpwnam(user)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
 
 
 class WorkDir:
@@ -183,8 +196,8 @@ class ServerProcess:
         try:
             self.popen = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=self._log_file if log_limit is None else subprocess.PIPE,
-                stderr=subprocess.STDOUT, env=env if env is not None else _clean_env(), cwd=cwd, user=user,
-                start_new_session=True,
+                stderr=subprocess.STDOUT, env=env if env is not None else _clean_env(), cwd=cwd,
+                start_new_session=True, **account(user),
             )
         except FileNotFoundError as e:
             self._log_file.close()

@@ -71,8 +71,8 @@ class Catalog:
     def db_version(self, pid: str) -> int | None:
         """The row's version, read with the grader's own connection (after a refused or unknown PUT)."""
         try:
-            with psycopg.connect(self.run.ns.database_url, connect_timeout=5) as conn:
-                row = conn.execute("SELECT version FROM products WHERE id = %s", (pid,)).fetchone()
+            with psycopg.connect(self.run.ns.reader_url, connect_timeout=5) as conn:
+                row = conn.execute("SELECT version FROM public.products WHERE id = %s", (pid,)).fetchone()
             return row[0] if row else 0
         except psycopg.Error:
             return None

@@ -97,7 +97,7 @@ def one_round(orders: int, concurrency: int) -> list[Figure]:
                     lambda b: client.send("place", "POST", "/orders", key=str(uuid.uuid4()), body=b), bodies)))
             api_rate = orders / api_t
             read_model.start()
-            with psycopg.connect(ns.database_url, autocommit=True) as conn:
+            with psycopg.connect(ns.service_url("postgres"), autocommit=True) as conn:
                 def count() -> int:
                     return conn.execute("SELECT count(*) FROM orders").fetchone()[0]
                 first = wait_until(lambda: count() > 0 and time.perf_counter(), 120, "first order applied",

@@ -169,7 +169,7 @@ def one_round(rate: float, seconds: float, backlog: int) -> list[Figure]:
     del specs["cdc_relay"]
     with make_stack(lab.infra, "native") as stack, tempfile.TemporaryDirectory() as tmp:
         ns = stack.namespace(prefix="bench")
-        env, bootstrap, url = ns.env(), stack.url("kafka"), ns.database_url
+        env, bootstrap, url = ns.env(), stack.url("kafka"), ns.service_url("postgres")
         topic = ns.topic("outbox.event.order")
         ensure_topics(bootstrap, {ns.topic(t.name): t.partitions for t in lab.topics} | {ns.topic("raw"): 3})
         services = launch_services(specs, lab.reference, env, Path(tmp) / "logs")

@@ -112,13 +112,13 @@ def one_round(messages: int, publishers: int) -> list[Figure]:
             amqp.declare_topology(channel)
             channel.queue_declare(ns.queue("raw"), durable=True, arguments={"x-queue-type": "quorum"})
             channel.queue_bind(ns.queue("raw"), amqp.exchange(), routing_key="raw")
-        with psycopg.connect(ns.database_url, autocommit=True) as conn:
+        with psycopg.connect(ns.service_url("postgres"), autocommit=True) as conn:
             conn.execute("CREATE TABLE raw_charges (payment_id text PRIMARY KEY, amount_cents bigint)")
 
         fill(url, ns.queue("raw"), n)
         raw_ack = raw_consume(url, ns.queue("raw"), n, prefetch)
         fill(url, ns.queue("raw"), n)
-        with psycopg.connect(ns.database_url, autocommit=True) as db:
+        with psycopg.connect(ns.service_url("postgres"), autocommit=True) as db:
             def insert(body: bytes) -> None:
                 p = json.loads(body)
                 db.execute("INSERT INTO raw_charges VALUES (%s, %s) ON CONFLICT DO NOTHING",
@@ -129,7 +129,7 @@ def one_round(messages: int, publishers: int) -> list[Figure]:
         services = launch_services(lab.services, lab.reference, {**env, "PREFETCH": str(prefetch)}, Path(tmp) / "logs")
         worker = services["payment_worker"].start()
         try:
-            with psycopg.connect(ns.database_url, autocommit=True) as conn:
+            with psycopg.connect(ns.service_url("postgres"), autocommit=True) as conn:
                 def count() -> int:
                     return conn.execute("SELECT count(*) FROM charges").fetchone()[0]
                 first = wait_until(lambda: count() > 0 and time.perf_counter(), 120, "first charge",
