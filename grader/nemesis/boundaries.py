@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .base import Fault, Need, Target, fault_events
 from .crashpoints import EFFECTS, READS, read_state
-from .process import CrashPoint, HoldThenKill, Kill
+from .process import HEALTHY_WITHIN, CrashPoint, HoldThenKill
 
 if TYPE_CHECKING:
     from ..history import History
@@ -142,9 +142,12 @@ class BoundarySweep(Fault):
                 self.detail["killed_after" if when == "after" else "held_before"].append(position)
             else:
                 self.detail["missed"].append(f"{when} {position}: {fault.detail.get('how') or 'not reached'}")
-        if not self.detail["positions"]:  # nothing recorded (no crash site, or no unit of work): a plain kill
+        if not self.detail["positions"] and svc.alive():  # no crash site, or no unit of work: a plain kill
             self.detail["note"] = "no unit of work was seen: a plain SIGKILL instead"
-            Kill(self.target).apply(run)
+            self.detail["pid"] = svc.proc.pid
+            svc.restart()
+            svc.wait_healthy(HEALTHY_WITHIN)
+            self.effective = True
 
     def _wait_fresh(self, run: Target) -> None:
         """Until the (restarted) service is applying fresh work: its life's crash site counts a new

@@ -226,7 +226,7 @@ SCENARIO = Scenario(
                   injects=(RejectCommits.kind, StallCommits.kind, Delay.kind), always=True),
             Phase("load under relay, service, projector and database faults", load,
                   lambda run: [*after_projector_hold(faults(run)), projector_hold(run)], P.load_max_seconds,
-                  injects=(CrashPoint.kind, HoldThenKill.kind, Cut.kind, RestartServer.kind)),
+                  injects=(BoundarySweep.kind, CrashPoint.kind, HoldThenKill.kind, Cut.kind, RestartServer.kind)),
             Phase("API restart, duplicates", more_faults, injects=(Kill.kind, Duplicates.kind)),
             Phase("quiesce and observe", settle_and_observe, always=True),
             Phase("poison records", poison, injects=(Poison.kind,)),
