@@ -24,6 +24,7 @@ from grader.archive import Limits, UnsafeArchive, extract
 from grader.batch.discover import _unique, discover, fingerprint, materialize, safe_name, service_root
 from grader.batch.run import ClassResult, RunOutcome
 from grader.lab import REPO_ROOT, find_lab
+from grader.wait import wait_until
 
 MUTANTS = REPO_ROOT / "tests" / "mutants" / "lab1"
 
@@ -459,16 +460,17 @@ def test_the_gradescope_autograder_writes_only_after_the_submission_is_gone(tmp_
     survivor = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sleep", "600"])
     monkeypatch.setattr(gradescope, "uid_range", lambda: (uid, uid))
     try:
-        assert survivor.pid in gradescope.sandbox_processes()
+        # setpriv switches to the uid as it starts: wait for it (bounded), never assume it already did
+        wait_until(lambda: survivor.pid in gradescope.sandbox_processes(), 30, "the survivor to run as its uid")
         assert gradescope.wait_submission_gone(30)
         assert survivor.wait(10) == -9
     finally:
         if survivor.poll() is None:
             survivor.kill()
-    graded = tmp_path / "graded" / "alice"
+    graded = tmp_path / "graded" / "students" / "alice"
     graded.mkdir(parents=True)
     (graded / "results.json").write_text('{"score": 3, "tests": []}')
-    (tmp_path / "graded" / "bob").symlink_to(graded)  # a link is never read
+    (tmp_path / "graded" / "students" / "bob").symlink_to(graded)  # a link is never read
     assert gradescope.graded_results(tmp_path / "graded") == {"score": 3, "tests": []}
 
 

@@ -83,9 +83,11 @@ def _assert_inert(output: str) -> None:
     assert "\\x1b" in output and "[bold]x[/bold]" in output  # shown, as text
 
 
-def test_labkit_trace_shows_hostile_span_names_as_text(tmp_path):
+def test_labkit_trace_shows_hostile_span_names_as_text(tmp_path, monkeypatch):
+    from rich.console import Console
     from typer.testing import CliRunner
 
+    from grader import cli
     from grader.cli import app
     from grader.history import History
     from grader.otlp.spans import SPAN_EVENT, Span
@@ -98,7 +100,9 @@ def test_labkit_trace_shows_hostile_span_names_as_text(tmp_path):
                 status={"code": "ERROR", "message": HOSTILE_TEXT})
     history.record(SPAN_EVENT, "otlp", **span.record())
     history.dump_jsonl(tmp_path / "history.jsonl")
-    result = CliRunner().invoke(app, ["trace", str(tmp_path)], env={"COLUMNS": "400"})
+    # wide enough that the waterfall shows the whole name (the CLI's console is made at import)
+    monkeypatch.setattr(cli, "console", Console(width=400))
+    result = CliRunner().invoke(app, ["trace", str(tmp_path)])
     assert result.exit_code == 0, result.output
     _assert_inert(result.output)
 
