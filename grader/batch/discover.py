@@ -225,11 +225,16 @@ def materialize(sub: Submission, lab: Lab, work: Path, digest: str | None = None
     return service_root(sub.source, lab)
 
 
-def _digest_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def _hash_into(digest, path: Path) -> None:
+    """Add a regular file's bytes (opened without following a link) to `digest`."""
     with os.fdopen(open_regular(path), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+
+
+def _digest_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    _hash_into(digest, path)
     return digest.hexdigest()
 
 
@@ -248,9 +253,7 @@ def fingerprint(sub: Submission) -> str:
         elif kind == "file":
             digest.update(f"file {rel}\0".encode())
             try:
-                with os.fdopen(open_regular(path), "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(chunk)
+                _hash_into(digest, path)
             except OSError as e:
                 digest.update(f"unreadable: {e}".encode())
     for note in found.dropped + found.skipped:
@@ -266,9 +269,7 @@ def content_digest(folder: Path) -> str:
         if kind == "file":
             digest.update(f"{rel}\0".encode())
             try:
-                with os.fdopen(open_regular(path), "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(chunk)
+                _hash_into(digest, path)
             except OSError:
                 pass
     return digest.hexdigest()
