@@ -283,15 +283,18 @@ def judge(lab: "Lab", scenario: Scenario, history: History) -> list[CheckResult]
         missing = [why_not(history, kind, target) for kind, target in check.needs if not happened(history, kind, target)]
         if not missing:
             missing = [why for event in check.events if (why := event(history))]
-        if missing:
-            results.append(CheckResult.skip(args["id"], args["title"], spec.points, skip_message(missing)))
-            continue
         started = time.monotonic()
         try:
             result = check.fn(history, **args)
         except Exception as e:  # a checker bug must not take the other verdicts with it
             result = CheckResult.error(args["id"], args["title"], spec.points,
                                        f"the grader's checker failed ({type(e).__name__}: {e}); not your code")
+        # A check whose faults or events did not all happen cannot PASS (its bug may simply not have
+        # been provoked): SKIP. But a violation it did see is evidence all the same: it FAILs.
+        if missing and not (result.state == "FAIL"):
+            result = CheckResult.skip(args["id"], args["title"], spec.points, skip_message(missing))
+        elif missing:
+            result.message += f" (seen although not every fault it needs happened: {'; '.join(missing)})"
         result.duration = time.monotonic() - started
         results.append(result)
     for result, spec in zip(results, checks):
